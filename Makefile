@@ -1,0 +1,70 @@
+# Two commands do everything: `make serve` and `make test`. Each installs what is missing
+# first (Debian packages, the server's venv, the sandboxes' Python runtime) and is fast
+# when nothing changed.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= /usr/bin/python3
+VENV        := .venv
+RUNTIME     := .runtime/python
+APT_PKGS    := python3 python3-venv python3-dev nodejs bash libseccomp2 bubblewrap iproute2 procps
+NUMPY       := numpy==2.4.6
+HOST        ?= 127.0.0.1
+PORT        ?= 8080
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps serve test lint format bench doctor clean
+
+help:
+	@echo "make serve   install what is missing, then start execbox on $(HOST):$(PORT)"
+	@echo "make test    install what is missing, then ruff and the whole test suite"
+	@echo "make bench   latency and throughput against bubblewrap and cold starts"
+	@echo "make doctor  what this host allows"
+
+install: system-deps $(VENV)/.installed $(RUNTIME)/.installed
+
+# Debian packages, installed only when one is missing (apt-get update only then, too).
+system-deps:
+	@missing=""; for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | system-deps
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+# The interpreter sandboxes run: Debian's python3 (all under /usr, which the sandbox
+# root already binds) with numpy in its own venv.
+$(RUNTIME)/.installed: Makefile | system-deps
+	@test -x $(RUNTIME)/bin/python || $(PYTHON) -m venv $(RUNTIME)
+	$(RUNTIME)/bin/pip install -q --disable-pip-version-check $(NUMPY)
+	@touch $@
+
+serve: install
+	$(VENV)/bin/execbox serve --host $(HOST) --port $(PORT)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+test: install lint
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(VENV)/bin/python bench/engine.py
+
+doctor: install
+	$(VENV)/bin/execbox doctor
+
+clean:
+	rm -rf $(VENV) .runtime .pytest_cache .ruff_cache

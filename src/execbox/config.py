@@ -1,0 +1,134 @@
+"""One Settings object, read from EXECBOX_* environment variables (and the seeds' own names
+where a dialect defines one, such as ZEROBOOT_API_KEYS_FILE or FABER_OPEN_MODE)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from execbox.jobs import Limits
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env_bool(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class LimitRange:
+    """Server-side default, minimum and maximum of each per-request limit."""
+
+    default: Limits = field(default_factory=Limits)
+    minimum: Limits = field(
+        default_factory=lambda: Limits(
+            wall_time_s=0.01,
+            cpu_time_s=0.01,
+            memory_bytes=16 << 20,
+            pids=1,
+            fds=8,
+            output_bytes=0,
+            file_size_bytes=0,
+            stack_bytes=256 << 10,
+            tmp_bytes=1 << 20,
+            workdir_bytes=1 << 20,
+        )
+    )
+    maximum: Limits = field(
+        default_factory=lambda: Limits(
+            wall_time_s=3600.0,
+            cpu_time_s=3600.0,
+            memory_bytes=8 << 30,
+            pids=4096,
+            fds=65536,
+            output_bytes=64 << 20,
+            file_size_bytes=1 << 30,
+            stack_bytes=256 << 20,
+            tmp_bytes=1 << 30,
+            workdir_bytes=1 << 30,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # the interpreter of the runtime environment sandboxes use (numpy is installed there)
+    runtime_python: str = str(REPO_ROOT / ".runtime" / "python" / "bin" / "python")
+    node: str = "/usr/bin/node"
+    bash: str = "/usr/bin/bash"
+    max_concurrency: int = 16
+    pool_size: int = 2
+    uid_base: int = 0  # 0: derived from the server's pid, so servers on one host don't clash
+    cgroup_prefix: str = ""  # "": execbox/<server pid>
+    state_dir: str = "/var/lib/execbox"
+    limits: LimitRange = field(default_factory=LimitRange)
+    runtimes: tuple[str, ...] = ("python", "node", "bash")
+    preload_python: tuple[str, ...] = (
+        "numpy",
+        "json",
+        "re",
+        "collections",
+        "itertools",
+        "functools",
+        "math",
+        "random",
+        "datetime",
+        "decimal",
+        "fractions",
+        "statistics",
+        "typing",
+        "dataclasses",
+        "pathlib",
+        "io",
+        "string",
+        "textwrap",
+        "base64",
+        "hashlib",
+        "heapq",
+        "bisect",
+        "csv",
+        "subprocess",
+        "threading",
+    )
+    # HTTP
+    max_body_bytes: int = 10 << 20
+    max_batch: int = 64
+    api_keys_file: str | None = None
+    internal_api_token: str | None = None
+    open_mode: bool = False
+    metrics_open: bool = True
+    rate_limit: str = "100/second"
+    trusted_proxies: tuple[str, ...] = ()
+    audit_log: str | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            key = "EXECBOX_" + f.name.upper()
+            if key not in env or f.name == "limits":
+                continue
+            raw = env[key]
+            if f.type in ("int",):
+                values[f.name] = int(raw)
+            elif f.type in ("float",):
+                values[f.name] = float(raw)
+            elif f.type in ("bool",):
+                values[f.name] = _env_bool(raw)
+            elif f.type.startswith("tuple"):
+                values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
+            else:
+                values[f.name] = raw
+        keys = env.get("EXECBOX_API_KEYS_FILE") or env.get("ZEROBOOT_API_KEYS_FILE")
+        if keys:
+            values["api_keys_file"] = keys
+        if env.get("INTERNAL_API_TOKEN"):
+            values["internal_api_token"] = env["INTERNAL_API_TOKEN"]
+        if _env_bool(env.get("EXECBOX_OPEN_MODE", "")) or _env_bool(env.get("FABER_OPEN_MODE", "")):
+            values["open_mode"] = True
+        values.update(overrides)
+        return replace(cls(), **values)  # type: ignore[arg-type]

@@ -1,0 +1,274 @@
+"""Runs Jobs in sandboxes and returns Outcomes: admission, concurrency, wall clock, output
+caps and usage. Knows nothing of HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from execbox import runtimes
+from execbox.config import Settings
+from execbox.jobs import Job, Outcome, Status, Timings, Usage
+from execbox.sandbox.pipes import read_capped, write_all
+from execbox.sandbox.supervisor import Lease, Supervisor, ZygoteError, ZygoteLaunch
+from execbox.status import Evidence, derive
+
+log = logging.getLogger("execbox.engine")
+
+UIDS_PER_ZYGOTE = 4096
+EXIT_GRACE_S = 2.0  # after the wall clock's kill, how long the exit report may take
+
+
+@dataclass
+class EngineStats:
+    queued: int = 0
+    running: int = 0
+    by_status: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.paths = runtimes.default_paths(settings.runtime_python, settings.node, settings.bash)
+        self.zygotes: dict[str, Supervisor] = {}
+        self.stats = EngineStats()
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self.started = False
+        self.listeners: list[Any] = []  # callables(job, outcome), e.g. metrics
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def _launch(self, index: int, runtime: str) -> ZygoteLaunch:
+        s = self.settings
+        base = s.uid_base or 1_000_000 + (os.getpid() % 4096) * UIDS_PER_ZYGOTE * 4
+        prefix = s.cgroup_prefix or f"execbox/{os.getpid()}"
+        ro_paths = [os.path.dirname(self.paths.python_bin_dir)]  # the runtime env's home
+        return ZygoteLaunch(
+            runtime=runtime,
+            python=s.runtime_python,
+            root=f"/tmp/.execbox-root-{os.getpid()}-{runtime}",
+            ro_paths=ro_paths,
+            uid_base=base + index * UIDS_PER_ZYGOTE,
+            uid_count=UIDS_PER_ZYGOTE,
+            cgroup_prefix=f"{prefix}/{runtime}",
+            pool_size=s.pool_size,
+            preload=list(s.preload_python) if runtime == "python" else [],
+            tmp_bytes=s.limits.default.tmp_bytes,
+            work_bytes=s.limits.default.workdir_bytes,
+            default_memory_bytes=s.limits.default.memory_bytes,
+            default_pids=s.limits.default.pids,
+        )
+
+    async def start(self) -> None:
+        needed = sorted({runtimes.ZYGOTE_OF[r] for r in (*self.settings.runtimes, "command")})
+        for i, name in enumerate(needed):
+            self.zygotes[name] = Supervisor(self._launch(i, name))
+        results = await asyncio.gather(
+            *(z.start() for z in self.zygotes.values()), return_exceptions=True
+        )
+        for z, res in zip(self.zygotes.values(), results, strict=True):
+            if isinstance(res, BaseException):
+                log.error("%s zygote failed to start: %s", z.runtime, res)
+        self.started = True
+
+    async def close(self) -> None:
+        await asyncio.gather(*(z.close() for z in self.zygotes.values()))
+        self.started = False
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for runtime in (*self.settings.runtimes, "command"):
+            z = self.zygotes.get(runtimes.ZYGOTE_OF[runtime])
+            out[runtime] = {
+                "ready": bool(z and z.ready),
+                "error": None if z and z.ready else (z.last_error if z else "not started"),
+                "memory_mb": self.settings.limits.default.memory_bytes >> 20,
+            }
+        return out
+
+    # ---- running -----------------------------------------------------------------------------
+
+    async def run(self, job: Job) -> Outcome:
+        t0 = time.monotonic()
+        payload = runtimes.payload(job, self.paths)  # raises InvalidJob before any sandbox
+        self.stats.queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.stats.queued -= 1
+        self.stats.running += 1
+        try:
+            outcome = await self._run(job, payload, t0)
+        except Exception as exc:  # a bug: log it, but still answer with an Outcome
+            log.exception("engine failure on job %s", job.id)
+            outcome = Outcome(Status.INTERNAL_ERROR, error=f"internal error: {exc}")
+        finally:
+            self.stats.running -= 1
+            self._slots.release()
+        outcome.timings.total_ms = (time.monotonic() - t0) * 1000
+        key = (job.runtime, outcome.status.value)
+        self.stats.by_status[key] = self.stats.by_status.get(key, 0) + 1
+        for listener in self.listeners:
+            listener(job, outcome)
+        return outcome
+
+    async def _run(self, job: Job, payload: dict[str, Any], t0: float) -> Outcome:
+        timings = Timings(queue_ms=(time.monotonic() - t0) * 1000)
+        zygote = self.zygotes.get(runtimes.ZYGOTE_OF[job.runtime])
+        if zygote is None:
+            return Outcome(Status.INTERNAL_ERROR, error=f"runtime {job.runtime} is not enabled")
+        t_take = time.monotonic()
+        try:
+            lease = await zygote.take(
+                {"memory_bytes": job.limits.memory_bytes, "pids": job.limits.pids}
+            )
+        except ZygoteError as exc:
+            return Outcome(Status.INTERNAL_ERROR, error=str(exc), timings=timings)
+        timings.fork_ms = (time.monotonic() - t_take) * 1000
+        try:
+            return await self._drive(job, payload, lease, timings)
+        finally:
+            lease.kill()  # no-op when it already exited; never leave one running
+            lease.close_fds()
+
+    async def _drive(
+        self, job: Job, payload: dict[str, Any], lease: Lease, timings: Timings
+    ) -> Outcome:
+        limits = job.limits
+        t_exec = time.monotonic()
+        reason: dict[str, str] = {}
+
+        def over_cap() -> None:
+            if "kill" not in reason:
+                reason["kill"] = "output"
+                lease.kill()
+
+        stdout_task = asyncio.ensure_future(
+            read_capped(lease.stdout_fd, limits.output_bytes, over_cap)
+        )
+        stderr_task = asyncio.ensure_future(
+            read_capped(lease.stderr_fd, limits.output_bytes, over_cap)
+        )
+        feed = asyncio.ensure_future(self._feed(lease, payload, job.stdin))
+        try:
+            exit_msg = await asyncio.wait_for(asyncio.shield(lease.exited), limits.wall_time_s)
+        except TimeoutError:
+            reason.setdefault("kill", "timeout")
+            lease.kill()
+            try:
+                exit_msg = await asyncio.wait_for(lease.exited, EXIT_GRACE_S)
+            except (TimeoutError, ZygoteError) as exc:
+                return self._lost(job, lease, timings, f"sandbox did not exit after kill: {exc}")
+        except ZygoteError as exc:
+            feed.cancel()
+            for t in (stdout_task, stderr_task):
+                t.cancel()
+            timings.exec_ms = (time.monotonic() - t_exec) * 1000
+            return Outcome(Status.INTERNAL_ERROR, error=str(exc), timings=timings)
+        timings.exec_ms = (time.monotonic() - t_exec) * 1000
+        wall_ns = time.monotonic_ns() - int(t_exec * 1e9)
+        feed.cancel()
+        # every writer is gone once pid 1 of the namespace has been reaped
+        try:
+            (out, out_trunc), (err, err_trunc) = await asyncio.wait_for(
+                asyncio.gather(stdout_task, stderr_task), EXIT_GRACE_S
+            )
+        except TimeoutError:
+            return self._lost(job, lease, timings, "sandbox output did not close")
+        return self._outcome(job, exit_msg, reason.get("kill"), out, out_trunc, err, err_trunc,
+                             timings, wall_ns, lease)  # fmt: skip
+
+    async def _feed(self, lease: Lease, payload: dict[str, Any], stdin: bytes) -> None:
+        with contextlib.suppress(OSError):
+            await write_all(lease.job_fd, json.dumps(payload).encode())
+        os.close(lease.job_fd)
+        lease.job_fd = -1
+        with contextlib.suppress(OSError):
+            await write_all(lease.stdin_fd, stdin)
+        os.close(lease.stdin_fd)
+        lease.stdin_fd = -1
+
+    def _lost(self, job: Job, lease: Lease, timings: Timings, why: str) -> Outcome:
+        log.error("job %s in sandbox %s: %s", job.id, lease.sid, why)
+        return Outcome(Status.INTERNAL_ERROR, error=why, timings=timings)
+
+    def _outcome(
+        self,
+        job: Job,
+        msg: dict[str, Any],
+        kill_reason: str | None,
+        out: bytes,
+        out_trunc: bool,
+        err: bytes,
+        err_trunc: bool,
+        timings: Timings,
+        wall_ns: int,
+        lease: Lease,
+    ) -> Outcome:
+        status_word = msg["status"]
+        exit_code = os.waitstatus_to_exitcode(status_word)
+        sig = -exit_code if exit_code < 0 else None
+        cg = msg["cgroup"]
+        ru = msg["rusage"]
+        usage = Usage(
+            cpu_time_ns=cg.get("cpu_usage_ns"),
+            user_time_ns=cg.get("cpu_user_ns"),
+            system_time_ns=cg.get("cpu_system_ns"),
+            wall_time_ns=wall_ns,
+            memory_peak_bytes=cg.get("memory_peak_bytes"),
+            memory_current_bytes=cg.get("memory_current_bytes"),
+        )
+        if usage.cpu_time_ns is None:  # no cpuacct: pid 1 and its reaped children
+            usage.user_time_ns = int(ru["utime"] * 1e9)
+            usage.system_time_ns = int(ru["stime"] * 1e9)
+            usage.cpu_time_ns = usage.user_time_ns + usage.system_time_ns
+        setup_error = msg.get("setup_error")
+        evidence = Evidence(
+            exit_code=None if sig else exit_code,
+            signal=sig,
+            internal_error=bool(setup_error),
+            timed_out=kill_reason == "timeout",
+            output_exceeded=kill_reason == "output",
+            oom_kills=cg.get("oom_kills") or 0,
+            cpu_time_ns=usage.cpu_time_ns,
+            cpu_limit_ns=math.ceil(job.limits.cpu_time_s) * 1_000_000_000,
+            pids_limit_hits=cg.get("pids_limit_hits") or 0,
+        )
+        status = derive(evidence)
+        return Outcome(
+            status=status,
+            exit_code=None if sig else exit_code,
+            signal=sig,
+            stdout=out,
+            stderr=err,
+            stdout_truncated=out_trunc,
+            stderr_truncated=err_trunc,
+            usage=usage,
+            timings=timings,
+            error=f"sandbox setup failed: {setup_error}" if setup_error else None,
+            pool_hit=lease.pool_hit,
+        )
+
+
+def signal_name(sig: int | None) -> str | None:
+    if sig is None:
+        return None
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"SIG{sig}"

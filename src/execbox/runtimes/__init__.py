@@ -1,0 +1,107 @@
+"""How a Job becomes a process inside a sandbox: which zygote serves it, and the payload
+the sandbox receives on its job pipe (see execbox.sandbox.child.run_job)."""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from execbox.jobs import Job, Limits
+
+CODE_DIR = "/tmp/.execbox"
+WORKDIR = "/workspace"
+
+# Which zygote (and pool) serves each runtime. `command` execs an arbitrary argv, so it
+# shares the bash zygote, which pre-imports nothing.
+ZYGOTE_OF = {"python": "python", "node": "node", "bash": "bash", "command": "bash"}
+
+
+class InvalidJob(ValueError):
+    """The job cannot run as given; the message names the field and the problem."""
+
+
+@dataclass(frozen=True)
+class RuntimePaths:
+    python_bin_dir: str  # the runtime environment's bin/, first on PATH
+    node: str
+    bash: str
+
+
+def base_env(paths: RuntimePaths) -> dict[str, str]:
+    return {
+        "PATH": f"{paths.python_bin_dir}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "USER": "sandbox",
+        "LANG": "C.UTF-8",
+        # numpy/OpenBLAS would start one thread per core and trip small pid limits
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def check_relative_path(path: str) -> str:
+    """A file name the API received, as a normalised path below the working directory."""
+    if not path or "\x00" in path:
+        raise InvalidJob(f"files: invalid file name {path!r}")
+    if path.startswith("/"):
+        raise InvalidJob(f"files: {path!r} is absolute; file names are relative to {WORKDIR}")
+    norm = posixpath.normpath(path)
+    if norm == "." or norm.startswith("../") or norm == ".." or "/../" in f"/{path}/":
+        raise InvalidJob(f"files: {path!r} escapes the working directory")
+    return norm
+
+
+def rlimits(limits: Limits) -> dict[str, int]:
+    return {
+        "cpu": max(1, math.ceil(limits.cpu_time_s)),
+        "fsize": limits.file_size_bytes,
+        "nofile": limits.fds,
+        "nproc": limits.pids,
+        "stack": limits.stack_bytes,
+        "core": 0,
+    }
+
+
+def payload(job: Job, paths: RuntimePaths) -> dict[str, Any]:
+    env = base_env(paths)
+    env.update(job.env)
+    files = [
+        {"path": check_relative_path(name), "data": base64.b64encode(data).decode(), "mode": 0o644}
+        for name, data in job.files.items()
+    ]
+    out: dict[str, Any] = {
+        "env": env,
+        "files": files,
+        "rlimits": rlimits(job.limits),
+        "cwd": WORKDIR,
+    }
+    if job.runtime == "python":
+        out.update(mode="python", code=_code(job))
+    elif job.runtime == "node":
+        main = f"{CODE_DIR}/main.js"
+        out.update(mode="exec", argv=[paths.node, main], program={"path": main, "text": _code(job)})
+    elif job.runtime == "bash":
+        main = f"{CODE_DIR}/main.sh"
+        out.update(mode="exec", argv=[paths.bash, main], program={"path": main, "text": _code(job)})
+    elif job.runtime == "command":
+        if not job.argv or not job.argv[0]:
+            raise InvalidJob("command: cannot be empty")
+        out.update(mode="exec", argv=list(job.argv))
+    else:
+        raise InvalidJob(f"runtime: unknown runtime {job.runtime!r}")
+    return out
+
+
+def _code(job: Job) -> str:
+    if job.code is None:
+        raise InvalidJob(f"code: required for the {job.runtime} runtime")
+    return job.code
+
+
+def default_paths(runtime_python: str, node: str, bash: str) -> RuntimePaths:
+    return RuntimePaths(os.path.dirname(runtime_python), node, bash)

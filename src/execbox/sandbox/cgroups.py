@@ -1,0 +1,258 @@
+"""One cgroup per sandbox: memory, pids and cpu, on cgroup v2 where its controllers are
+usable and on the v1 hierarchies otherwise (these machines mount v1 controllers, and the
+v2 tree has none enabled: ../shared/DESIGN.md).
+
+Only the zygote, which is root on the host, touches the cgroup filesystem; the sandbox
+sees none of it (it gets its own cgroup namespace and no cgroupfs mount).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+V1_CONTROLLERS = ("memory", "pids", "cpuacct", "cpu")
+
+
+@dataclass(frozen=True)
+class CgroupLimits:
+    memory_bytes: int | None = None
+    pids: int | None = None
+    # cpu bandwidth as (quota_us, period_us); None leaves it unlimited
+    cpu_bandwidth: tuple[int, int] | None = None
+
+
+@dataclass
+class CgroupStats:
+    memory_peak_bytes: int | None = None
+    memory_current_bytes: int | None = None
+    oom_kills: int = 0
+    memory_failcnt: int = 0
+    pids_current: int | None = None
+    pids_limit_hits: int = 0
+    cpu_usage_ns: int | None = None
+    cpu_user_ns: int | None = None
+    cpu_system_ns: int | None = None
+
+    def as_dict(self) -> dict[str, int | None]:
+        return dict(self.__dict__)
+
+
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    """(mount point, fstype, options) of every cgroup filesystem."""
+    out = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 4 and parts[2] in ("cgroup", "cgroup2"):
+                out.append((parts[1], parts[2], set(parts[3].split(","))))
+    return out
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _keyed(text: str | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def _int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    text = text.strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+@dataclass
+class CgroupDriver:
+    """Finds the hierarchies once and creates sandbox cgroups below `prefix`."""
+
+    version: int
+    roots: dict[str, str] = field(default_factory=dict)  # controller -> dir of our prefix
+
+    @classmethod
+    def detect(cls, prefix: str) -> CgroupDriver | None:
+        mounts = _mounts()
+        for mnt, fstype, _ in mounts:
+            if fstype != "cgroup2":
+                continue
+            ctrls = (_read(os.path.join(mnt, "cgroup.controllers")) or "").split()
+            if {"memory", "pids", "cpu"} <= set(ctrls):
+                return cls(version=2, roots={"unified": os.path.join(mnt, prefix)})
+        roots = {}
+        for mnt, fstype, opts in mounts:
+            if fstype != "cgroup":
+                continue
+            for ctrl in V1_CONTROLLERS:
+                if ctrl in opts and ctrl not in roots:
+                    roots[ctrl] = os.path.join(mnt, prefix)
+        if "memory" in roots and "pids" in roots:
+            return cls(version=1, roots=roots)
+        return None
+
+    def _dirs(self) -> list[str]:
+        return sorted(set(self.roots.values()))
+
+    def prepare(self) -> None:
+        for d in self._dirs():
+            os.makedirs(d, exist_ok=True)
+        if self.version == 2:
+            root = self.roots["unified"]
+            # enable the controllers for our children, from the top down
+            parent = os.path.dirname(root)
+            for d in (parent, root):
+                with contextlib.suppress(OSError):
+                    _write(os.path.join(d, "cgroup.subtree_control"), "+memory +pids +cpu")
+
+    def create(self, name: str) -> Cgroup:
+        paths = {ctrl: os.path.join(root, name) for ctrl, root in self.roots.items()}
+        for d in sorted(set(paths.values())):
+            os.mkdir(d)
+        cg = Cgroup(self.version, paths)
+        return cg
+
+    def sweep(self) -> int:
+        """Kill and remove every cgroup left below our prefix (after a crash)."""
+        removed = 0
+        for root in self._dirs():
+            if not os.path.isdir(root):
+                continue
+            for name in os.listdir(root):
+                path = os.path.join(root, name)
+                if os.path.isdir(path):
+                    Cgroup(self.version, {"x": path}).destroy()
+                    removed += 1
+        return removed
+
+
+@dataclass
+class Cgroup:
+    version: int
+    paths: dict[str, str]
+
+    def _path(self, ctrl: str, file: str) -> str | None:
+        d = self.paths.get("unified" if self.version == 2 else ctrl)
+        return os.path.join(d, file) if d else None
+
+    def procs_files(self) -> list[str]:
+        return [os.path.join(d, "cgroup.procs") for d in sorted(set(self.paths.values()))]
+
+    def attach(self, pid: int) -> None:
+        for d in sorted(set(self.paths.values())):
+            _write(os.path.join(d, "cgroup.procs"), str(pid))
+
+    def set_limits(self, limits: CgroupLimits) -> None:
+        if self.version == 2:
+            if limits.memory_bytes is not None:
+                self._set("memory", "memory.max", str(limits.memory_bytes))
+                self._set("memory", "memory.swap.max", "0", optional=True)
+            if limits.pids is not None:
+                self._set("pids", "pids.max", str(limits.pids))
+            if limits.cpu_bandwidth is not None:
+                quota, period = limits.cpu_bandwidth
+                self._set("cpu", "cpu.max", f"{quota} {period}")
+            return
+        if limits.memory_bytes is not None:
+            self._set("memory", "memory.limit_in_bytes", str(limits.memory_bytes))
+            self._set("memory", "memory.memsw.limit_in_bytes", str(limits.memory_bytes), True)
+        if limits.pids is not None:
+            self._set("pids", "pids.max", str(limits.pids))
+        if limits.cpu_bandwidth is not None:
+            quota, period = limits.cpu_bandwidth
+            self._set("cpu", "cpu.cfs_period_us", str(period), True)
+            self._set("cpu", "cpu.cfs_quota_us", str(quota), True)
+
+    def _set(self, ctrl: str, file: str, value: str, optional: bool = False) -> None:
+        path = self._path(ctrl, file)
+        if path is None:
+            if optional:
+                return
+            raise OSError(errno.ENOENT, f"cgroup controller {ctrl} is not available")
+        try:
+            _write(path, value)
+        except OSError:
+            if not optional:
+                raise
+
+    def stats(self) -> CgroupStats:
+        s = CgroupStats()
+        if self.version == 2:
+            s.memory_peak_bytes = _int(_read(self._path("memory", "memory.peak") or ""))
+            s.memory_current_bytes = _int(_read(self._path("memory", "memory.current") or ""))
+            ev = _keyed(_read(self._path("memory", "memory.events") or ""))
+            s.oom_kills = ev.get("oom_kill", 0)
+            s.memory_failcnt = ev.get("max", 0)
+            s.pids_current = _int(_read(self._path("pids", "pids.current") or ""))
+            s.pids_limit_hits = _keyed(_read(self._path("pids", "pids.events") or "")).get("max", 0)
+            cpu = _keyed(_read(self._path("cpu", "cpu.stat") or ""))
+            if "usage_usec" in cpu:
+                s.cpu_usage_ns = cpu["usage_usec"] * 1000
+                s.cpu_user_ns = cpu.get("user_usec", 0) * 1000
+                s.cpu_system_ns = cpu.get("system_usec", 0) * 1000
+            return s
+        mem = lambda f: self._path("memory", f) or ""  # noqa: E731
+        s.memory_peak_bytes = _int(_read(mem("memory.max_usage_in_bytes")))
+        s.memory_current_bytes = _int(_read(mem("memory.usage_in_bytes")))
+        s.oom_kills = _keyed(_read(mem("memory.oom_control"))).get("oom_kill", 0)
+        s.memory_failcnt = _int(_read(mem("memory.failcnt"))) or 0
+        s.pids_current = _int(_read(self._path("pids", "pids.current") or ""))
+        s.pids_limit_hits = _keyed(_read(self._path("pids", "pids.events") or "")).get("max", 0)
+        acct = lambda f: self._path("cpuacct", f) or ""  # noqa: E731
+        s.cpu_usage_ns = _int(_read(acct("cpuacct.usage")))
+        s.cpu_user_ns = _int(_read(acct("cpuacct.usage_user")))
+        s.cpu_system_ns = _int(_read(acct("cpuacct.usage_sys")))
+        return s
+
+    def pids(self) -> list[int]:
+        out: set[int] = set()
+        for d in set(self.paths.values()):
+            for line in (_read(os.path.join(d, "cgroup.procs")) or "").split():
+                out.add(int(line))
+        return sorted(out)
+
+    def destroy(self, timeout: float = 2.0) -> bool:
+        """Kill whatever is left inside, then remove the directories. True when gone."""
+        deadline = time.monotonic() + timeout
+        dirs = sorted(set(self.paths.values()))
+        while True:
+            for d in dirs:
+                kill = os.path.join(d, "cgroup.kill")
+                if os.path.exists(kill):
+                    with contextlib.suppress(OSError):
+                        _write(kill, "1")
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            left = []
+            for d in dirs:
+                try:
+                    os.rmdir(d)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    left.append(d)
+            if not left:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            dirs = left
+            time.sleep(0.005)

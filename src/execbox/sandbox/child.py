@@ -1,0 +1,173 @@
+"""What a freshly cloned sandbox does, in order, before and after its job arrives.
+
+The order matters: mounts need the capabilities of the new user namespace, so they come
+first; the capabilities and the uid go next; seccomp last, because the filter refuses the
+calls the earlier steps make. Only then is the sandbox ready for untrusted input, which it
+reads from its own pipe: code never passes through the zygote.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import resource
+import signal
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from execbox.runtimes import python_inproc
+from execbox.sandbox import libc, mounts
+from execbox.sandbox.libc import (
+    CLONE_NEWCGROUP,
+    PR_SET_NO_NEW_PRIVS,
+    PR_SET_PDEATHSIG,
+)
+
+# fd layout inside the sandbox while it waits: 0-2 the code's stdio, 3 the job pipe,
+# 4 the ready/error pipe to the zygote. Only 0-2 survive into the code.
+JOB_FD = 3
+READY_FD = 4
+CODE_DIR = "/tmp/.execbox"
+EXIT_SETUP_FAILED = 125
+EXIT_EXEC_FAILED = 127
+
+RLIMITS = {
+    "cpu": resource.RLIMIT_CPU,
+    "fsize": resource.RLIMIT_FSIZE,
+    "nofile": resource.RLIMIT_NOFILE,
+    "nproc": resource.RLIMIT_NPROC,
+    "stack": resource.RLIMIT_STACK,
+    "core": resource.RLIMIT_CORE,
+}
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    root: str
+    seccomp_bpf: bytes
+    tmp_bytes: int
+    work_bytes: int
+    cgroup_procs: list[str] = field(default_factory=list)
+    hostname: str = "sandbox"
+
+
+def _loopback_up() -> None:
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, siocgifflags, req))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+
+
+def _arrange_fds(fds: tuple[int, int, int, int, int]) -> None:
+    # Move to high numbers first so no dup2 clobbers a source that is still needed.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in fds]
+    for target, fd in enumerate(high):
+        os.dup2(fd, target, inheritable=target < 3)
+    libc.close_range(5)
+
+
+def _drop_privileges() -> None:
+    libc.drop_all_capabilities_bounding()
+    os.setgroups([])
+    os.setresgid(mounts.SANDBOX_GID, mounts.SANDBOX_GID, mounts.SANDBOX_GID)
+    os.setresuid(mounts.SANDBOX_UID, mounts.SANDBOX_UID, mounts.SANDBOX_UID)
+    libc.clear_capability_sets()
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
+    # the parent-death signal is reset by a uid change, so it is set after it
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def setup(spec: ChildSpec) -> None:
+    """Turn this freshly cloned process into a sealed sandbox. Raises on any failure."""
+    # Join our cgroup ourselves (still host root, before the uid drop): an attach waits for
+    # an RCU grace period, up to ~13 ms on these hosts, which must not stall the zygote.
+    for procs in spec.cgroup_procs:
+        with open(procs, "w") as f:
+            f.write("0")
+    libc.unshare(CLONE_NEWCGROUP)  # after the cgroup attach, so our cgroup is its root
+    mounts.enter_root(spec.root, spec.tmp_bytes, spec.work_bytes)
+    libc.sethostname(spec.hostname)
+    _loopback_up()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _drop_privileges()
+    libc.load_seccomp(spec.seccomp_bpf)
+
+
+def _read_job() -> dict:
+    chunks = []
+    while chunk := os.read(JOB_FD, 1 << 16):
+        chunks.append(chunk)
+    os.close(JOB_FD)
+    if not chunks:
+        raise SystemExit(EXIT_SETUP_FAILED)  # the engine let go of us without a job
+    return json.loads(b"".join(chunks))
+
+
+def _apply_rlimits(limits: dict[str, int]) -> None:
+    for name, value in limits.items():
+        resource.setrlimit(RLIMITS[name], (value, value))
+
+
+def _write_files(files: list[dict]) -> None:
+    for item in files:
+        path = item["path"]
+        data = base64.b64decode(item["data"])
+        # Paths were validated by the engine; here they can only land in our own tmpfs.
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, item["mode"])
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+
+def run_job() -> int:
+    """Read the job from the engine and run it. Returns an exit status or never returns."""
+    os.write(READY_FD, b"R")
+    os.close(READY_FD)
+    job = _read_job()
+    os.environ.clear()
+    os.environ.update(job["env"])
+    _write_files(job.get("files", []))
+    if job.get("program"):
+        os.makedirs(CODE_DIR, mode=0o700, exist_ok=True)
+        with open(job["program"]["path"], "w") as f:
+            f.write(job["program"]["text"])
+    os.chdir(job.get("cwd", mounts.WORKDIR))
+    _apply_rlimits(job["rlimits"])
+    if job["mode"] == "python":
+        return python_inproc.run(job["code"])
+    argv = job["argv"]
+    try:
+        os.execvpe(argv[0], argv, job["env"])
+    except OSError as exc:
+        os.write(2, f"execbox: cannot run {argv[0]}: {exc.strerror}\n".encode())
+    return EXIT_EXEC_FAILED
+
+
+def main(spec: ChildSpec, sync_fd: int, fds: tuple[int, int, int, int, int]) -> None:
+    """Entry point of the cloned child; never returns."""
+    status = EXIT_SETUP_FAILED
+    try:
+        if os.read(sync_fd, 1) != b"G":  # the zygote has written our uid map
+            os._exit(EXIT_SETUP_FAILED)
+        _arrange_fds(fds)  # closes sync_fd and everything else of the zygote's
+        try:
+            setup(spec)
+        except BaseException as exc:
+            os.write(READY_FD, f"E{type(exc).__name__}: {exc}".encode()[:4000])
+            os._exit(EXIT_SETUP_FAILED)
+        status = run_job()
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else EXIT_SETUP_FAILED
+    except BaseException:
+        status = EXIT_SETUP_FAILED
+    os._exit(status)

@@ -1,0 +1,192 @@
+"""Thin ctypes bindings to the libc calls that Python 3.11's os module lacks.
+
+Written by hand because no maintained library exposes clone(2) with namespace flags,
+pivot_root(2), capset(2) or seccomp(2) to Python; each wrapper is a few lines over
+libc and raises OSError with the real errno, like the os module does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+# Calls through `_libc` release the GIL; `_pylibc` keeps it, which matters for the raw
+# clone() below: the child must not race another thread for the interpreter state.
+_libc = ctypes.CDLL(None, use_errno=True)
+_pylibc = ctypes.PyDLL(None, use_errno=True)
+
+# x86_64 syscall numbers (the only ABI execbox supports; seccomp refuses the others).
+SYS_clone = 56
+SYS_pivot_root = 155
+SYS_capset = 126
+SYS_seccomp = 317
+SYS_close_range = 436
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+NAMESPACE_FLAGS = (
+    CLONE_NEWNS
+    | CLONE_NEWCGROUP
+    | CLONE_NEWUTS
+    | CLONE_NEWIPC
+    | CLONE_NEWUSER
+    | CLONE_NEWPID
+    | CLONE_NEWNET
+)
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+SECCOMP_SET_MODE_FILTER = 1
+
+_libc.syscall.restype = ctypes.c_long
+_pylibc.syscall.restype = ctypes.c_long
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.prctl.argtypes = [
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
+
+_PyOS_BeforeFork = ctypes.pythonapi.PyOS_BeforeFork
+_PyOS_AfterFork_Parent = ctypes.pythonapi.PyOS_AfterFork_Parent
+_PyOS_AfterFork_Child = ctypes.pythonapi.PyOS_AfterFork_Child
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def clone(flags: int) -> int:
+    """fork() into new namespaces in one step, so the child is pid 1 of its pid namespace.
+
+    os.fork() cannot take namespace flags, and unshare(CLONE_NEWPID) only affects the
+    caller's children, which would cost a second fork. The interpreter's fork hooks run
+    around the raw syscall exactly as os.fork() runs them.
+    """
+    _PyOS_BeforeFork()
+    pid = _pylibc.syscall(SYS_clone, ctypes.c_ulong(flags | 17), None, None, None, None)  # SIGCHLD
+    if pid == 0:
+        _PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    _PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone: {os.strerror(err)}")
+    return pid
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            flags,
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_libc.syscall(SYS_pivot_root, new_root.encode(), put_old.encode()), "pivot_root")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, len(raw)), "sethostname")
+
+
+def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> int:
+    return _check(_libc.prctl(option, a2, a3, a4, a5), f"prctl({option})")
+
+
+def close_range(first: int) -> None:
+    _check(_libc.syscall(SYS_close_range, first, 0xFFFFFFFF, 0), "close_range")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def drop_all_capabilities_bounding() -> None:
+    """Empty the bounding and ambient sets (needs CAP_SETPCAP, so before the uid drop)."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last_cap = int(f.read())
+    for cap in range(last_cap + 1):
+        prctl(PR_CAPBSET_DROP, cap)
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+def clear_capability_sets() -> None:
+    """Empty the effective, permitted and inheritable sets.
+
+    A uid change only clears them when the old uid was the namespace's root; ours is
+    unmapped (it is the zygote's), so they are cleared explicitly.
+    """
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)()
+    _check(_libc.syscall(SYS_capset, ctypes.byref(header), ctypes.byref(data)), "capset")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+def load_seccomp(bpf: bytes) -> None:
+    """Install a classic-BPF program that libseccomp exported ahead of time."""
+    prog = _SockFprog(len(bpf) // 8, bpf)
+    _check(_libc.syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(prog)), "seccomp")

@@ -1,0 +1,276 @@
+"""The engine's handle on one zygote: starts it by a fresh exec, asks it for sandboxes,
+collects exit reports, and restarts it when it dies. Runs on the asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from execbox.sandbox import protocol
+
+log = logging.getLogger("execbox.zygote")
+
+# The zygote imports execbox from the source tree without site customisation from the
+# server's environment; -I keeps PYTHON* variables and the user site out of it.
+_BOOT = "import sys; sys.path.insert(0, {src!r}); from execbox.sandbox.zygote import main; main()"
+SRC_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+TakeReply = tuple[dict[str, Any], list[int]]
+
+
+class ZygoteError(RuntimeError):
+    """The zygote could not provide a sandbox, or died while one was in use."""
+
+
+@dataclass(frozen=True)
+class ZygoteLaunch:
+    runtime: str
+    python: str  # the runtime environment's interpreter, which the zygote runs on
+    root: str
+    ro_paths: list[str]
+    uid_base: int
+    uid_count: int
+    cgroup_prefix: str
+    pool_size: int
+    preload: list[str]
+    tmp_bytes: int
+    work_bytes: int
+    default_memory_bytes: int
+    default_pids: int
+
+
+@dataclass
+class Lease:
+    """A sandbox handed to the engine: its pipes, its pidfd and its coming exit report."""
+
+    sid: str
+    pid: int
+    job_fd: int
+    stdin_fd: int
+    stdout_fd: int
+    stderr_fd: int
+    pidfd: int
+    pool_hit: bool
+    take_ms: float
+    exited: asyncio.Future[dict[str, Any]] = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def close_fds(self) -> None:
+        for name in ("job_fd", "stdin_fd", "stdout_fd", "stderr_fd", "pidfd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, -1)
+
+
+@dataclass
+class Supervisor:
+    launch: ZygoteLaunch
+    proc: subprocess.Popen[bytes] | None = None
+    sock: socket.socket | None = None
+    ready: bool = False
+    last_error: str | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    _req: int = 0
+    _takes: dict[int, asyncio.Future[TakeReply]] = field(default_factory=dict)
+    _leases: dict[str, Lease] = field(default_factory=dict)
+    _hello: asyncio.Future[dict[str, Any]] | None = None
+    _closing: bool = False
+    _restart_task: asyncio.Task[None] | None = None
+    stats: dict[str, int] = field(default_factory=lambda: {"hits": 0, "misses": 0})
+
+    @property
+    def runtime(self) -> str:
+        return self.launch.runtime
+
+    async def start(self, timeout: float = 60.0) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        cfg = {k: v for k, v in asdict(self.launch).items() if k != "python"}
+        cfg["sock_fd"] = theirs.fileno()
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+        self.proc = subprocess.Popen(
+            [self.launch.python, "-I", "-c", _BOOT.format(src=SRC_DIR), json.dumps(cfg)],
+            pass_fds=[theirs.fileno()],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=sys.stderr,
+            cwd="/",
+        )
+        theirs.close()
+        ours.setblocking(False)
+        self.sock = ours
+        self._hello = loop.create_future()
+        loop.add_reader(ours.fileno(), self._on_readable)
+        try:
+            hello = await asyncio.wait_for(self._hello, timeout)
+        except TimeoutError:
+            self.last_error = f"{self.runtime} zygote did not start within {timeout:.0f}s"
+            self._teardown()
+            raise ZygoteError(self.last_error) from None
+        if hello.get("op") == "fatal":
+            self.last_error = f"{self.runtime} zygote failed: {hello.get('error')}"
+            self._teardown()
+            raise ZygoteError(self.last_error)
+        self.ready = True
+        self.last_error = None
+        self.started_at = time.monotonic()
+
+    async def take(self, limits: dict[str, Any]) -> Lease:
+        if not self.ready or self.sock is None:
+            raise ZygoteError(self.last_error or f"{self.runtime} zygote is not running")
+        loop = asyncio.get_running_loop()
+        self._req += 1
+        req = self._req
+        fut: asyncio.Future[TakeReply] = loop.create_future()
+        self._takes[req] = fut
+        try:
+            protocol.send(self.sock, {"op": "take", "req": req, "limits": limits})
+        except OSError as exc:
+            self._takes.pop(req, None)
+            raise ZygoteError(f"{self.runtime} zygote unreachable: {exc}") from exc
+        msg, fds = await fut
+        if msg["op"] == "error":
+            raise ZygoteError(msg["error"])
+        job_fd, stdin_fd, stdout_fd, stderr_fd, pidfd = fds
+        lease = Lease(
+            sid=msg["sid"],
+            pid=msg["pid"],
+            job_fd=job_fd,
+            stdin_fd=stdin_fd,
+            stdout_fd=stdout_fd,
+            stderr_fd=stderr_fd,
+            pidfd=pidfd,
+            pool_hit=msg["pool_hit"],
+            take_ms=msg["take_ms"],
+            exited=loop.create_future(),
+        )
+        self.stats["hits" if lease.pool_hit else "misses"] += 1
+        self._leases[lease.sid] = lease
+        return lease
+
+    def set_pool_size(self, size: int) -> None:
+        if self.sock is not None and self.ready:
+            with contextlib.suppress(OSError):
+                protocol.send(self.sock, {"op": "pool", "size": size})
+
+    # ---- incoming ------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                msg, fds = protocol.recv(self.sock)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._died(f"socket error: {exc}")
+                return
+            if msg is None:
+                self._died("exited")
+                return
+            self._dispatch(msg, fds)
+
+    def _dispatch(self, msg: dict[str, Any], fds: list[int]) -> None:
+        op = msg.get("op")
+        if op in ("hello", "fatal"):
+            if self._hello is not None and not self._hello.done():
+                self._hello.set_result(msg)
+        elif op in ("sandbox", "error"):
+            fut = self._takes.pop(msg["req"], None)
+            if fut is not None and not fut.done():
+                fut.set_result((msg, fds))
+            else:
+                for fd in fds:
+                    os.close(fd)
+        elif op == "exit":
+            lease = self._leases.pop(msg["sid"], None)
+            if lease is not None and not lease.exited.done():
+                lease.exited.set_result(msg)
+            elif msg.get("setup_error"):
+                self.last_error = f"sandbox setup failed: {msg['setup_error']}"
+                log.error("%s sandbox %s: %s", self.runtime, msg["sid"], self.last_error)
+        elif op == "log":
+            log.log(logging.ERROR if msg.get("level") == "error" else logging.INFO, msg.get("msg"))
+        for fd in fds if op not in ("sandbox", "error") else ():
+            os.close(fd)
+
+    def _died(self, why: str) -> None:
+        was_ready = self.ready
+        self._teardown()
+        err = ZygoteError(f"{self.runtime} zygote died ({why})")
+        for fut in self._takes.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._takes.clear()
+        for lease in self._leases.values():
+            lease.kill()
+            if not lease.exited.done():
+                lease.exited.set_exception(err)
+        self._leases.clear()
+        if self._hello is not None and not self._hello.done():
+            self._hello.set_result({"op": "fatal", "error": why})
+        if was_ready and not self._closing:
+            self.last_error = str(err)
+            log.error("%s; restarting", err)
+            self._restart_task = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        delay = 0.05
+        while not self._closing:
+            try:
+                await self.start()
+                self.restarts += 1
+                return
+            except ZygoteError as exc:
+                log.error("restart of %s zygote failed: %s", self.runtime, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _teardown(self) -> None:
+        self.ready = False
+        if self.sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+            self.proc = None
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+        if self.sock is not None and self.proc is not None:
+            # closing our end tells the zygote to kill and clean up its sandboxes
+            proc = self.proc
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+            for _ in range(100):
+                if proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.02)
+        self._teardown()

@@ -1,0 +1,373 @@
+"""The zygote: one process per runtime that clones sandboxes ahead of demand.
+
+It is started by a fresh exec with a clean environment (it holds no secrets: a sandbox is
+a copy of its memory), builds the read-only root and the seccomp filter once, pre-imports
+its runtime, and keeps a pool of ready sandboxes. For each `take` it hands the engine one
+sandbox's pipes and pidfd over its socket; the engine writes the job straight into the
+sandbox. When a sandbox exits, the zygote reaps it, reads its cgroup, removes everything
+it made, and reports the exit status.
+
+Single-threaded on purpose: clone() copies only the calling thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from execbox.sandbox import child, libc, mounts, protocol
+from execbox.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits
+from execbox.sandbox.seccomp import build_filter
+
+CLONE_FLAGS = (
+    libc.CLONE_NEWNS
+    | libc.CLONE_NEWPID
+    | libc.CLONE_NEWNET
+    | libc.CLONE_NEWIPC
+    | libc.CLONE_NEWUTS
+    | libc.CLONE_NEWUSER
+)
+
+
+@dataclass
+class ZygoteConfig:
+    runtime: str
+    sock_fd: int
+    root: str
+    ro_paths: list[str]
+    uid_base: int
+    uid_count: int
+    cgroup_prefix: str
+    pool_size: int
+    preload: list[str]
+    tmp_bytes: int
+    work_bytes: int
+    default_memory_bytes: int
+    default_pids: int
+
+
+@dataclass
+class Sandbox:
+    sid: str
+    pid: int
+    pidfd: int
+    uid: int
+    cgroup: Cgroup
+    ready_fd: int
+    engine_fds: list[int]  # job, stdin, stdout, stderr (the ends the engine keeps)
+    created: float
+    ready: bool = False
+    taken: bool = False
+    setup_error: str | None = None
+    ready_at: float = 0.0
+    spawn_ms: float = 0.0
+    limits: CgroupLimits | None = None
+    spawn_ms: float = 0.0
+
+
+@dataclass
+class Zygote:
+    cfg: ZygoteConfig
+    sock: socket.socket
+    cgroups: CgroupDriver
+    bpf: bytes
+    sel: selectors.DefaultSelector = field(default_factory=selectors.DefaultSelector)
+    free_uids: deque[int] = field(default_factory=deque)
+    live: dict[str, Sandbox] = field(default_factory=dict)
+    pool: deque[str] = field(default_factory=deque)  # not yet taken, oldest first
+    seq: int = 0
+
+    # ---- creating sandboxes -------------------------------------------------------------
+
+    def spawn(self) -> Sandbox:
+        if not self.free_uids:
+            raise RuntimeError("no free sandbox uid: too many live sandboxes")
+        uid = self.free_uids.popleft()
+        self.seq += 1
+        sid = f"{self.cfg.runtime}-{os.getpid()}-{self.seq}"
+        job_r, job_w = os.pipe2(os.O_CLOEXEC)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        created = time.monotonic()
+        try:
+            # created before the clone so the child can join it by itself: an attach waits
+            # for an RCU grace period (up to ~13 ms here), which must not stall this loop
+            cg = self.cgroups.create(sid)
+            limits = CgroupLimits(self.cfg.default_memory_bytes, self.cfg.default_pids)
+            cg.set_limits(limits)
+        except OSError:
+            for fd in (job_r, job_w, in_r, in_w, out_r, out_w, err_r, err_w, sync_r, sync_w):
+                os.close(fd)
+            os.close(ready_r)
+            os.close(ready_w)
+            self.free_uids.append(uid)
+            raise
+        spec = child.ChildSpec(
+            root=self.cfg.root,
+            seccomp_bpf=self.bpf,
+            tmp_bytes=self.cfg.tmp_bytes,
+            work_bytes=self.cfg.work_bytes,
+            cgroup_procs=cg.procs_files(),
+        )
+        try:
+            pid = libc.clone(CLONE_FLAGS)
+        except OSError:
+            for fd in (job_r, job_w, in_r, in_w, out_r, out_w, err_r, err_w, sync_r, sync_w):
+                os.close(fd)
+            os.close(ready_r)
+            os.close(ready_w)
+            cg.destroy()
+            self.free_uids.append(uid)
+            raise
+        if pid == 0:
+            child.main(spec, sync_r, (in_r, out_w, err_w, job_r, ready_w))  # never returns
+        for fd in (job_r, in_r, out_w, err_w, sync_r, ready_w):
+            os.close(fd)
+        try:
+            pidfd = os.pidfd_open(pid)
+            with open(f"/proc/{pid}/uid_map", "w") as f:
+                f.write(f"{mounts.SANDBOX_UID} {uid} 1\n")
+            with open(f"/proc/{pid}/gid_map", "w") as f:
+                f.write(f"{mounts.SANDBOX_GID} {uid} 1\n")
+            os.write(sync_w, b"G")
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            cg.destroy()
+            for fd in (job_w, in_w, out_r, err_r, ready_r):
+                os.close(fd)
+            self.free_uids.append(uid)
+            raise
+        finally:
+            os.close(sync_w)
+        box = Sandbox(sid, pid, pidfd, uid, cg, ready_r, [job_w, in_w, out_r, err_r], created)
+        box.spawn_ms = (time.monotonic() - created) * 1000
+        box.limits = limits
+        box.spawn_ms = (time.monotonic() - created) * 1000
+        box.limits = limits
+        self.live[sid] = box
+        self.pool.append(sid)
+        self.sel.register(pidfd, selectors.EVENT_READ, ("exit", sid))
+        self.sel.register(ready_r, selectors.EVENT_READ, ("ready", sid))
+        return box
+
+    # ---- serving the engine ------------------------------------------------------------
+
+    def report(self, msg: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
+        protocol.send(self.sock, msg, fds)
+
+    def take(self, msg: dict[str, Any]) -> None:
+        t0 = time.monotonic()
+        # hand over a ready sandbox if there is one; else the oldest starting one
+        sid = next((s for s in self.pool if self.live[s].ready), None)
+        hit = sid is not None
+        if sid is None:
+            if not self.pool:
+                try:
+                    self.spawn()
+                except Exception as exc:
+                    self.report({"op": "error", "req": msg["req"], "error": str(exc)})
+                    return
+            sid = self.pool[0]
+        self.pool.remove(sid)
+        box = self.live[sid]
+        box.taken = True
+        try:
+            lim = msg.get("limits") or {}
+            bw = lim.get("cpu_bandwidth")
+            wanted = CgroupLimits(
+                lim.get("memory_bytes"), lim.get("pids"), tuple(bw) if bw else None
+            )
+            if wanted != box.limits:
+                box.cgroup.set_limits(wanted)
+                box.limits = wanted
+        except OSError as exc:
+            self.report({"op": "error", "req": msg["req"], "error": f"cgroup limits: {exc}"})
+            self.kill(box)
+            return
+        self.report(
+            {
+                "op": "sandbox",
+                "req": msg["req"],
+                "sid": sid,
+                "pid": box.pid,
+                "pool_hit": hit,
+                "take_ms": (time.monotonic() - t0) * 1000,
+                "spawn_ms": box.spawn_ms,
+                "setup_ms": (box.ready_at - box.created) * 1000 if box.ready else None,
+            },
+            [*box.engine_fds, box.pidfd],
+        )
+        for fd in box.engine_fds:
+            os.close(fd)
+        box.engine_fds = []
+
+    def kill(self, box: Sandbox) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(box.pidfd, signal.SIGKILL)
+
+    def on_ready(self, sid: str) -> None:
+        box = self.live[sid]
+        data = os.read(box.ready_fd, 4096)
+        self.sel.unregister(box.ready_fd)
+        os.close(box.ready_fd)
+        box.ready_fd = -1
+        if data == b"R":
+            box.ready = True
+            box.ready_at = time.monotonic()
+        elif data.startswith(b"E"):
+            box.setup_error = data[1:].decode(errors="replace")
+
+    def on_exit(self, sid: str) -> None:
+        box = self.live.pop(sid)
+        if box.ready_fd >= 0:  # died before saying ready: collect its last words
+            with contextlib.suppress(OSError):
+                data = os.read(box.ready_fd, 4096)
+                if data.startswith(b"E"):
+                    box.setup_error = data[1:].decode(errors="replace")
+            self.sel.unregister(box.ready_fd)
+            os.close(box.ready_fd)
+        self.sel.unregister(box.pidfd)
+        _, status, ru = os.wait4(box.pid, 0)
+        stats = box.cgroup.stats()
+        os.close(box.pidfd)
+        for fd in box.engine_fds:
+            os.close(fd)
+        self.free_uids.append(box.uid)
+        if sid in self.pool:
+            self.pool.remove(sid)
+        msg = {
+            "op": "exit",
+            "sid": sid,
+            "taken": box.taken,
+            "status": status,
+            "setup_error": box.setup_error,
+            "rusage": {
+                "utime": ru.ru_utime,
+                "stime": ru.ru_stime,
+                "maxrss_kb": ru.ru_maxrss,
+                "inblock": ru.ru_inblock,
+                "oublock": ru.ru_oublock,
+            },
+            "cgroup": stats.as_dict(),
+        }
+        self.report(msg)
+        if not box.cgroup.destroy():
+            self.report({"op": "log", "level": "error", "msg": f"cgroup of {sid} not removed"})
+
+    def wants_refill(self) -> bool:
+        """Refill when idle, or when the pool runs low. A clone costs the zygote ~2 ms of
+        page-table copying, during which it cannot report a finished sandbox; so while
+        sandboxes run, it only refills below half the pool."""
+        if not self.free_uids or len(self.pool) >= self.cfg.pool_size:
+            return False
+        running = len(self.live) - len(self.pool)
+        return running == 0 or len(self.pool) < max(1, self.cfg.pool_size // 2)
+
+    def serve(self) -> None:
+        self.sock.setblocking(True)
+        self.sel.register(self.sock, selectors.EVENT_READ, ("engine", ""))
+        self.report({"op": "hello", "pid": os.getpid(), "runtime": self.cfg.runtime})
+        while True:
+            # requests and exits come first; refill only when nothing else is waiting
+            events = self.sel.select(0 if self.wants_refill() else None)
+            if not events:
+                self.refill_one()
+                continue
+            for key, _ in events:
+                kind, sid = key.data
+                if kind == "engine":
+                    msg, fds = protocol.recv(self.sock)
+                    for fd in fds:
+                        os.close(fd)
+                    if msg is None:
+                        self.shutdown()
+                        return
+                    self.handle(msg)
+                elif kind == "ready":
+                    self.on_ready(sid)
+                elif kind == "exit":
+                    self.on_exit(sid)
+
+    def refill_one(self) -> None:
+        try:
+            self.spawn()
+        except Exception as exc:
+            self.report({"op": "log", "level": "error", "msg": f"spawn failed: {exc}"})
+            time.sleep(0.05)  # don't spin on a persistent failure
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "take":
+            self.take(msg)
+        elif op == "kill":
+            box = self.live.get(msg.get("sid", ""))
+            if box is not None:
+                self.kill(box)
+        elif op == "pool":
+            self.cfg.pool_size = int(msg["size"])
+        elif op == "ping":
+            self.report({"op": "pong", "live": len(self.live), "pool": len(self.pool)})
+
+    def shutdown(self) -> None:
+        for box in list(self.live.values()):
+            self.kill(box)
+        for sid in list(self.live):
+            self.on_exit_quiet(sid)
+
+    def on_exit_quiet(self, sid: str) -> None:
+        box = self.live.pop(sid)
+        with contextlib.suppress(ChildProcessError):
+            os.wait4(box.pid, 0)
+        box.cgroup.destroy()
+
+
+def main() -> None:
+    cfg = ZygoteConfig(**json.loads(sys.argv[1]))
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    sock = socket.socket(fileno=cfg.sock_fd)
+    try:
+        # numpy spawns no BLAS threads with this, and the zygote must stay one thread
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        os.environ["OMP_NUM_THREADS"] = "1"
+        for name in cfg.preload:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+        libc.unshare(libc.CLONE_NEWNS)
+        mounts.build_root(cfg.root, cfg.ro_paths)
+        bpf = build_filter()
+        driver = CgroupDriver.detect(cfg.cgroup_prefix)
+        if driver is None:
+            raise RuntimeError("no usable cgroup controllers (memory and pids are required)")
+        driver.prepare()
+        driver.sweep()
+    except Exception as exc:
+        protocol.send(sock, {"op": "fatal", "error": f"{type(exc).__name__}: {exc}"})
+        traceback.print_exc()
+        sys.exit(1)
+    # the sandbox must not find the server's source tree on its path
+    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != src]
+    z = Zygote(cfg, sock, driver, bpf)
+    z.free_uids.extend(range(cfg.uid_base, cfg.uid_base + cfg.uid_count))
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    z.serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Real code in real sandboxes: the four runtimes, exit codes, stderr, files, env, stdin."""
+
+from __future__ import annotations
+
+import pytest
+
+from execbox.jobs import Job, Status
+
+
+@pytest.mark.parametrize(
+    ("runtime", "code"),
+    [("python", "print(1+1)"), ("node", "console.log(1+1)"), ("bash", "echo $((1+1))")],
+)
+def test_one_plus_one(engine, runtime: str, code: str) -> None:
+    out = engine.run(Job(runtime=runtime, code=code))
+    assert (out.status, out.exit_code, out.stdout, out.stderr) == (Status.SUCCESS, 0, b"2\n", b"")
+
+
+def test_system_exit_code(engine) -> None:
+    out = engine.py("import sys; print('bye'); sys.exit(3)")
+    assert out.exit_code == 3
+    assert out.status is Status.FAILURE
+    assert out.stdout == b"bye\n"
+
+
+def test_uncaught_exception_gives_traceback_and_exit_1(engine) -> None:
+    out = engine.py("def f():\n    raise ValueError('boom')\nf()")
+    assert out.exit_code == 1
+    err = out.stderr.decode()
+    assert err.startswith("Traceback (most recent call last):")
+    assert "ValueError: boom" in err
+    assert "line 3, in <module>" in err
+    assert "execbox" not in err  # the traceback is the user's, not the runner's
+
+
+def test_system_exit_with_message(engine) -> None:
+    out = engine.py("raise SystemExit('fatal: no input')")
+    assert (out.exit_code, out.stderr) == (1, b"fatal: no input\n")
+
+
+def test_node_and_bash_exit_codes(engine) -> None:
+    assert engine.run(Job(runtime="node", code="process.exit(4)")).exit_code == 4
+    out = engine.run(Job(runtime="node", code="throw new Error('nope')"))
+    assert out.exit_code == 1 and b"Error: nope" in out.stderr
+    out = engine.run(Job(runtime="bash", code="echo err >&2; exit 7"))
+    assert (out.exit_code, out.stderr) == (7, b"err\n")
+
+
+def test_numpy_imports_and_random_differs_between_sandboxes(engine) -> None:
+    code = "import numpy; print(numpy.arange(10).sum(), numpy.random.randint(1 << 30))"
+    a, b = (
+        engine.run(Job(runtime="python", code=code)),
+        engine.run(Job(runtime="python", code=code)),
+    )
+    assert a.status is Status.SUCCESS, a.stderr
+    assert a.stdout.split()[0] == b"45"
+    # every sandbox is a copy of one zygote: its generators must still be reseeded
+    assert a.stdout.split()[1] != b.stdout.split()[1]
+
+
+def test_command_with_args_files_env_and_stdin(engine) -> None:
+    job = Job(
+        runtime="command",
+        argv=["python", "main.py", "--name", "world"],
+        files={
+            "main.py": b"import sys, os\nprint(sys.argv[1:], os.environ['GREETING'])\n"
+            b"print(open('data/in.txt').read().strip(), sys.stdin.read().strip())\n",
+            "data/in.txt": b"from a file",
+        },
+        env={"GREETING": "hello"},
+        stdin=b"from stdin\n",
+    )
+    out = engine.run(job)
+    assert out.status is Status.SUCCESS, out.stderr
+    assert out.stdout == b"['--name', 'world'] hello\nfrom a file from stdin\n"
+
+
+def test_command_not_found_is_127(engine) -> None:
+    out = engine.run(Job(runtime="command", argv=["no-such-binary"]))
+    assert out.exit_code == 127
+    assert b"no-such-binary" in out.stderr
+
+
+def test_signal_is_reported(engine) -> None:
+    out = engine.run(Job(runtime="bash", code="sh -c 'kill -SEGV $$'; echo after"))
+    assert out.stdout == b"after\n"  # the child died by the signal, bash went on
+    out = engine.run(Job(runtime="python", code="import ctypes; ctypes.string_at(0)"))
+    assert out.status is Status.SIGNALED
+    assert out.signal == 11 and out.exit_code is None
+
+
+def test_timings_are_measured(engine) -> None:
+    out = engine.py("print(1)")
+    t = out.timings
+    assert 0 < t.fork_ms < t.total_ms and 0 < t.exec_ms < t.total_ms
