@@ -19,7 +19,7 @@ from execbox.config import Settings
 from execbox.jobs import Job, Outcome, Status, Timings, Usage
 from execbox.sandbox.pipes import read_capped, write_all
 from execbox.sandbox.supervisor import Lease, Supervisor, ZygoteError, ZygoteLaunch
-from execbox.status import Evidence, derive
+from execbox.status import Evidence, derive, exceeded
 
 log = logging.getLogger("execbox.engine")
 
@@ -250,6 +250,7 @@ class Engine:
             pids_limit_hits=cg.get("pids_limit_hits") or 0,
         )
         status = derive(evidence)
+        flags = exceeded(evidence)
         return Outcome(
             status=status,
             exit_code=None if sig else exit_code,
@@ -262,6 +263,7 @@ class Engine:
             timings=timings,
             error=f"sandbox setup failed: {setup_error}" if setup_error else None,
             pool_hit=lease.pool_hit,
+            exceeded=flags,
         )
 
 

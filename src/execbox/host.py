@@ -98,9 +98,7 @@ def check_cgroups() -> Check:
 def landlock_abi() -> int:
     libc_ = ctypes.CDLL(None, use_errno=True)
     libc_.syscall.restype = ctypes.c_long
-    return int(
-        libc_.syscall(SYS_landlock_create_ruleset, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
-    )
+    return int(libc_.syscall(SYS_landlock_create_ruleset, None, 0, LANDLOCK_CREATE_RULESET_VERSION))
 
 
 def check_landlock() -> Check:

@@ -89,6 +89,8 @@ class Outcome:
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
     error: str | None = None  # for INTERNAL_ERROR: what went wrong
+    # every limit that fired: wall_time, cpu_time, memory, processes, output, file_size
+    exceeded: frozenset[str] = frozenset()
     return_value: Any = None
     pool_hit: bool | None = None
 

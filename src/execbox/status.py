@@ -48,6 +48,24 @@ def cpu_exhausted(ev: Evidence) -> bool:
     return False
 
 
+def exceeded(ev: Evidence) -> frozenset[str]:
+    """Every limit the evidence shows was hit, whatever the final status."""
+    flags = set()
+    if ev.timed_out:
+        flags.add("wall_time")
+    if ev.output_exceeded:
+        flags.add("output")
+    if ev.oom_kills > 0:
+        flags.add("memory")
+    if cpu_exhausted(ev):
+        flags.add("cpu_time")
+    if ev.pids_limit_hits > 0:
+        flags.add("processes")
+    if ev.signal == signal.SIGXFSZ or ev.file_size_exceeded:
+        flags.add("file_size")
+    return frozenset(flags)
+
+
 def derive(ev: Evidence) -> Status:
     if ev.internal_error:
         return Status.INTERNAL_ERROR

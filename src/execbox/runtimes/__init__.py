@@ -61,7 +61,9 @@ def rlimits(limits: Limits) -> dict[str, int]:
         "cpu": max(1, math.ceil(limits.cpu_time_s)),
         "fsize": limits.file_size_bytes,
         "nofile": limits.fds,
-        "nproc": limits.pids,
+        # pids.max is the binding limit: it counts in pids.events, RLIMIT_NPROC leaves no
+        # trace. NPROC stays as a backstop just above it.
+        "nproc": limits.pids + 4,
         "stack": limits.stack_bytes,
         "core": 0,
     }

@@ -172,8 +172,17 @@ class Cgroup:
                 self._set("cpu", "cpu.max", f"{quota} {period}")
             return
         if limits.memory_bytes is not None:
-            self._set("memory", "memory.limit_in_bytes", str(limits.memory_bytes))
-            self._set("memory", "memory.memsw.limit_in_bytes", str(limits.memory_bytes), True)
+            # v1 requires memory <= memory+swap at every step: raise memsw first when
+            # growing, lower memory first when shrinking
+            mem, memsw = "memory.limit_in_bytes", "memory.memsw.limit_in_bytes"
+            try:
+                self._set("memory", mem, str(limits.memory_bytes))
+                self._set("memory", memsw, str(limits.memory_bytes), True)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._set("memory", memsw, str(limits.memory_bytes), True)
+                self._set("memory", mem, str(limits.memory_bytes))
         if limits.pids is not None:
             self._set("pids", "pids.max", str(limits.pids))
         if limits.cpu_bandwidth is not None:
