@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -135,7 +134,11 @@ class Engine:
         t_take = time.monotonic()
         try:
             lease = await zygote.take(
-                {"memory_bytes": job.limits.memory_bytes, "pids": job.limits.pids}
+                {
+                    "memory_bytes": job.limits.memory_bytes,
+                    "pids": job.limits.pids,
+                    "cpu_limit_ns": int(job.limits.cpu_time_s * 1e9),
+                }
             )
         except ZygoteError as exc:
             return Outcome(Status.INTERNAL_ERROR, error=str(exc), timings=timings)
@@ -232,6 +235,9 @@ class Engine:
             wall_time_ns=wall_ns,
             memory_peak_bytes=cg.get("memory_peak_bytes"),
             memory_current_bytes=cg.get("memory_current_bytes"),
+            process_count=msg.get("pids_peak"),
+            io_read_bytes=(msg.get("io") or {}).get("rchar"),
+            io_write_bytes=(msg.get("io") or {}).get("wchar"),
         )
         if usage.cpu_time_ns is None:  # no cpuacct: pid 1 and its reaped children
             usage.user_time_ns = int(ru["utime"] * 1e9)
@@ -246,7 +252,8 @@ class Engine:
             output_exceeded=kill_reason == "output",
             oom_kills=cg.get("oom_kills") or 0,
             cpu_time_ns=usage.cpu_time_ns,
-            cpu_limit_ns=math.ceil(job.limits.cpu_time_s) * 1_000_000_000,
+            cpu_limit_ns=int(job.limits.cpu_time_s * 1e9),
+            cpu_killed=bool(msg.get("cpu_killed")),
             pids_limit_hits=cg.get("pids_limit_hits") or 0,
         )
         status = derive(evidence)

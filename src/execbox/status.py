@@ -35,16 +35,17 @@ class Evidence:
     oom_kills: int = 0
     cpu_time_ns: int | None = None
     cpu_limit_ns: int | None = None
+    cpu_killed: bool = False  # the zygote killed it for the cgroup's cpu usage
     pids_limit_hits: int = 0
     file_size_exceeded: bool = False
 
 
 def cpu_exhausted(ev: Evidence) -> bool:
-    if ev.signal == signal.SIGXCPU:
+    if ev.cpu_killed or ev.signal == signal.SIGXCPU:
         return True
     if ev.signal == signal.SIGKILL and ev.cpu_time_ns is not None and ev.cpu_limit_ns:
-        # RLIMIT_CPU's hard limit kills with SIGKILL once the whole second is used up
-        return ev.cpu_time_ns >= ev.cpu_limit_ns * 0.98
+        # RLIMIT_CPU's hard limit (the budget rounded up to whole seconds) kills with SIGKILL
+        return ev.cpu_time_ns >= ev.cpu_limit_ns
     return False
 
 

@@ -33,6 +33,7 @@ class CgroupStats:
     oom_kills: int = 0
     memory_failcnt: int = 0
     pids_current: int | None = None
+    pids_peak: int | None = None  # cgroup v2 only
     pids_limit_hits: int = 0
     cpu_usage_ns: int | None = None
     cpu_user_ns: int | None = None
@@ -211,6 +212,7 @@ class Cgroup:
             s.oom_kills = ev.get("oom_kill", 0)
             s.memory_failcnt = ev.get("max", 0)
             s.pids_current = _int(_read(self._path("pids", "pids.current") or ""))
+            s.pids_peak = _int(_read(self._path("pids", "pids.peak") or ""))
             s.pids_limit_hits = _keyed(_read(self._path("pids", "pids.events") or "")).get("max", 0)
             cpu = _keyed(_read(self._path("cpu", "cpu.stat") or ""))
             if "usage_usec" in cpu:
@@ -230,6 +232,15 @@ class Cgroup:
         s.cpu_user_ns = _int(_read(acct("cpuacct.usage_user")))
         s.cpu_system_ns = _int(_read(acct("cpuacct.usage_sys")))
         return s
+
+    def pids_current(self) -> int | None:
+        return _int(_read(self._path("pids", "pids.current") or ""))
+
+    def cpu_usage_ns(self) -> int | None:
+        if self.version == 2:
+            usec = _keyed(_read(self._path("cpu", "cpu.stat") or "")).get("usage_usec")
+            return None if usec is None else usec * 1000
+        return _int(_read(self._path("cpuacct", "cpuacct.usage") or ""))
 
     def pids(self) -> list[int]:
         out: set[int] = set()

@@ -22,6 +22,7 @@ from execbox.runtimes import python_inproc
 from execbox.sandbox import libc, mounts
 from execbox.sandbox.libc import (
     CLONE_NEWCGROUP,
+    PR_SET_DUMPABLE,
     PR_SET_NO_NEW_PRIVS,
     PR_SET_PDEATHSIG,
 )
@@ -132,7 +133,6 @@ def _write_files(files: list[dict]) -> None:
 def run_job() -> int:
     """Read the job from the engine and run it. Returns an exit status or never returns."""
     os.write(READY_FD, b"R")
-    os.close(READY_FD)
     job = _read_job()
     os.environ.clear()
     os.environ.update(job["env"])
@@ -144,13 +144,34 @@ def run_job() -> int:
     os.chdir(job.get("cwd", mounts.WORKDIR))
     _apply_rlimits(job["rlimits"])
     if job["mode"] == "python":
+        os.close(READY_FD)
         return python_inproc.run(job["code"])
-    argv = job["argv"]
+    return _init(job["argv"], job["env"])
+
+
+def _init(argv: list[str], env: dict[str, str]) -> int:
+    """Stay pid 1 and run the program as pid 2, so it gets ordinary signal semantics (the
+    kernel drops non-fatal signals to a namespace's init, SIGXFSZ and kill $$ among them),
+    and orphans are reaped. The program's real wait status goes to the zygote on the ready
+    pipe, which the program cannot reach: it is close-on-exec, and this process is made
+    non-dumpable so /proc/1/fd stays closed to the program."""
+    libc.prctl(PR_SET_DUMPABLE, 0)
     try:
-        os.execvpe(argv[0], argv, job["env"])
+        # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across
+        # exec: the program gets the default actions it expects.
+        pid = os.posix_spawnp(argv[0], argv, env, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
     except OSError as exc:
         os.write(2, f"execbox: cannot run {argv[0]}: {exc.strerror}\n".encode())
-    return EXIT_EXEC_FAILED
+        return EXIT_EXEC_FAILED
+    while True:
+        try:
+            done, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return EXIT_SETUP_FAILED
+        if done == pid:
+            break
+    os.write(READY_FD, b"S%d" % status)
+    return os.waitstatus_to_exitcode(status) & 0xFF
 
 
 def main(spec: ChildSpec, sync_fd: int, fds: tuple[int, int, int, int, int]) -> None:

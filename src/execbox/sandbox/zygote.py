@@ -30,6 +30,7 @@ from execbox.sandbox import child, libc, mounts, protocol
 from execbox.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits
 from execbox.sandbox.seccomp import build_filter
 
+POLL_S = 0.05
 CLONE_FLAGS = (
     libc.CLONE_NEWNS
     | libc.CLONE_NEWPID
@@ -73,6 +74,10 @@ class Sandbox:
     ready_at: float = 0.0
     spawn_ms: float = 0.0
     limits: CgroupLimits | None = None
+    cpu_limit_ns: int | None = None  # the whole sandbox's cpu budget, enforced by polling
+    cpu_killed: bool = False
+    pids_peak: int = 0
+    program_status: int | None = None
     spawn_ms: float = 0.0
 
 
@@ -101,7 +106,7 @@ class Zygote:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         created = time.monotonic()
         try:
             # created before the clone so the child can join it by itself: an attach waits
@@ -196,6 +201,8 @@ class Zygote:
             if wanted != box.limits:
                 box.cgroup.set_limits(wanted)
                 box.limits = wanted
+            box.cpu_limit_ns = lim.get("cpu_limit_ns")
+            box.pids_peak = 1  # the sandbox's own pid 1 exists at hand-over
         except OSError as exc:
             self.report({"op": "error", "req": msg["req"], "error": f"cgroup limits: {exc}"})
             self.kill(box)
@@ -222,29 +229,41 @@ class Zygote:
             signal.pidfd_send_signal(box.pidfd, signal.SIGKILL)
 
     def on_ready(self, sid: str) -> None:
+        """The sandbox's own channel: "R" when ready, "E<why>" when setup failed, and
+        "S<wait status>" from its init when the program it ran has ended."""
         box = self.live[sid]
-        data = os.read(box.ready_fd, 4096)
+        while True:
+            try:
+                data = os.read(box.ready_fd, 4096)
+            except BlockingIOError:
+                return
+            if not data:
+                break
+            if data.startswith(b"R"):
+                box.ready = True
+                box.ready_at = time.monotonic()
+                data = data[1:]
+            if data.startswith(b"E"):
+                box.setup_error = data[1:].decode(errors="replace")
+            elif data.startswith(b"S") and data[1:].isdigit():
+                box.program_status = int(data[1:])
         self.sel.unregister(box.ready_fd)
         os.close(box.ready_fd)
         box.ready_fd = -1
-        if data == b"R":
-            box.ready = True
-            box.ready_at = time.monotonic()
-        elif data.startswith(b"E"):
-            box.setup_error = data[1:].decode(errors="replace")
 
     def on_exit(self, sid: str) -> None:
+        if self.live[sid].ready_fd >= 0:  # collect its last words first
+            self.on_ready(sid)
         box = self.live.pop(sid)
-        if box.ready_fd >= 0:  # died before saying ready: collect its last words
-            with contextlib.suppress(OSError):
-                data = os.read(box.ready_fd, 4096)
-                if data.startswith(b"E"):
-                    box.setup_error = data[1:].decode(errors="replace")
+        if box.ready_fd >= 0:
             self.sel.unregister(box.ready_fd)
             os.close(box.ready_fd)
         self.sel.unregister(box.pidfd)
+        io = _read_io(box.pid)  # a zombie still has its (and its reaped children's) counters
         _, status, ru = os.wait4(box.pid, 0)
         stats = box.cgroup.stats()
+        if stats.pids_peak is not None:  # cgroup v2 counts it exactly
+            box.pids_peak = max(box.pids_peak, stats.pids_peak)
         os.close(box.pidfd)
         for fd in box.engine_fds:
             os.close(fd)
@@ -255,7 +274,8 @@ class Zygote:
             "op": "exit",
             "sid": sid,
             "taken": box.taken,
-            "status": status,
+            # the program's own status when an init ran it, else pid 1's
+            "status": box.program_status if box.program_status is not None else status,
             "setup_error": box.setup_error,
             "rusage": {
                 "utime": ru.ru_utime,
@@ -265,6 +285,9 @@ class Zygote:
                 "oublock": ru.ru_oublock,
             },
             "cgroup": stats.as_dict(),
+            "io": io,
+            "pids_peak": box.pids_peak if box.taken else None,
+            "cpu_killed": box.cpu_killed,
         }
         self.report(msg)
         if not box.cgroup.destroy():
@@ -283,11 +306,22 @@ class Zygote:
         self.sock.setblocking(True)
         self.sel.register(self.sock, selectors.EVENT_READ, ("engine", ""))
         self.report({"op": "hello", "pid": os.getpid(), "runtime": self.cfg.runtime})
+        next_poll = 0.0
         while True:
             # requests and exits come first; refill only when nothing else is waiting
-            events = self.sel.select(0 if self.wants_refill() else None)
+            running = [b for b in self.live.values() if b.taken]
+            timeout: float | None = None
+            if running:
+                timeout = max(0.0, next_poll - time.monotonic())
+            if self.wants_refill():
+                timeout = 0
+            events = self.sel.select(timeout)
+            if running and time.monotonic() >= next_poll:
+                self.poll(running)
+                next_poll = time.monotonic() + POLL_S
             if not events:
-                self.refill_one()
+                if self.wants_refill():
+                    self.refill_one()
                 continue
             for key, _ in events:
                 kind, sid = key.data
@@ -303,6 +337,19 @@ class Zygote:
                     self.on_ready(sid)
                 elif kind == "exit":
                     self.on_exit(sid)
+
+    def poll(self, running: list[Sandbox]) -> None:
+        """Sample what the kernel does not keep a peak of (v1 has no pids.peak) and enforce
+        the cpu budget over all of a sandbox's processes (RLIMIT_CPU is per process)."""
+        for box in running:
+            cur = box.cgroup.pids_current()
+            if cur is not None and cur > box.pids_peak:
+                box.pids_peak = cur
+            if box.cpu_limit_ns and not box.cpu_killed:
+                used = box.cgroup.cpu_usage_ns()
+                if used is not None and used >= box.cpu_limit_ns:
+                    box.cpu_killed = True
+                    self.kill(box)
 
     def refill_one(self) -> None:
         try:
@@ -335,6 +382,15 @@ class Zygote:
         with contextlib.suppress(ChildProcessError):
             os.wait4(box.pid, 0)
         box.cgroup.destroy()
+
+
+def _read_io(pid: int) -> dict[str, int] | None:
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            fields = dict(line.split(": ") for line in f.read().splitlines())
+    except (OSError, ValueError):
+        return None
+    return {"rchar": int(fields["rchar"]), "wchar": int(fields["wchar"])}
 
 
 def main() -> None:
