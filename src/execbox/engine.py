@@ -23,7 +23,36 @@ from execbox.status import Evidence, derive, exceeded
 log = logging.getLogger("execbox.engine")
 
 UIDS_PER_ZYGOTE = 4096
+RESULT_CAP = 16 << 20  # a handler's serialized return value
 EXIT_GRACE_S = 2.0  # after the wall clock's kill, how long the exit report may take
+
+
+@dataclass
+class Captured:
+    """What came out of the sandbox's pipes: (bytes, truncated) each."""
+
+    stdout: tuple[bytes, bool]
+    stderr: tuple[bytes, bool]
+    result: tuple[bytes, bool]
+
+
+def _handler_result(job: Job, result: tuple[bytes, bool]) -> tuple[Any, dict[str, str] | None]:
+    """The handler's return value, or its error, from the sandbox's result channel."""
+    data, truncated = result
+    if not job.handler or job.runtime == "bash":
+        return None, None
+    if truncated:
+        return None, {"type": "ResultTooLarge", "message": "the handler's return value "
+                      f"exceeds {RESULT_CAP} bytes", "traceback": ""}  # fmt: skip
+    if not data:  # killed before it answered: the status says why
+        return None, None
+    try:
+        msg = json.loads(data)
+    except ValueError:
+        return None, {"type": "ResultCorrupt", "message": "unreadable result", "traceback": ""}
+    if msg.get("ok"):
+        return msg.get("value"), None
+    return None, msg.get("error")
 
 
 @dataclass
@@ -161,13 +190,13 @@ class Engine:
                 reason["kill"] = "output"
                 lease.kill()
 
-        stdout_task = asyncio.ensure_future(
-            read_capped(lease.stdout_fd, limits.output_bytes, over_cap)
+        cap = limits.output_bytes
+        readers = asyncio.gather(
+            read_capped(lease.stdout_fd, cap, over_cap),
+            read_capped(lease.stderr_fd, cap, over_cap),
+            read_capped(lease.result_fd, max(cap, RESULT_CAP), lambda: None),
         )
-        stderr_task = asyncio.ensure_future(
-            read_capped(lease.stderr_fd, limits.output_bytes, over_cap)
-        )
-        feed = asyncio.ensure_future(self._feed(lease, payload, job.stdin))
+        feed = asyncio.ensure_future(self._feed(lease, payload, runtimes.stdin_for(job)))
         try:
             exit_msg = await asyncio.wait_for(asyncio.shield(lease.exited), limits.wall_time_s)
         except TimeoutError:
@@ -176,11 +205,11 @@ class Engine:
             try:
                 exit_msg = await asyncio.wait_for(lease.exited, EXIT_GRACE_S)
             except (TimeoutError, ZygoteError) as exc:
+                readers.cancel()
                 return self._lost(job, lease, timings, f"sandbox did not exit after kill: {exc}")
         except ZygoteError as exc:
             feed.cancel()
-            for t in (stdout_task, stderr_task):
-                t.cancel()
+            readers.cancel()
             timings.exec_ms = (time.monotonic() - t_exec) * 1000
             return Outcome(Status.INTERNAL_ERROR, error=str(exc), timings=timings)
         timings.exec_ms = (time.monotonic() - t_exec) * 1000
@@ -188,13 +217,10 @@ class Engine:
         feed.cancel()
         # every writer is gone once pid 1 of the namespace has been reaped
         try:
-            (out, out_trunc), (err, err_trunc) = await asyncio.wait_for(
-                asyncio.gather(stdout_task, stderr_task), EXIT_GRACE_S
-            )
+            captured = Captured(*await asyncio.wait_for(readers, EXIT_GRACE_S))
         except TimeoutError:
             return self._lost(job, lease, timings, "sandbox output did not close")
-        return self._outcome(job, exit_msg, reason.get("kill"), out, out_trunc, err, err_trunc,
-                             timings, wall_ns, lease)  # fmt: skip
+        return self._outcome(job, exit_msg, reason.get("kill"), captured, timings, wall_ns, lease)
 
     async def _feed(self, lease: Lease, payload: dict[str, Any], stdin: bytes) -> None:
         with contextlib.suppress(OSError):
@@ -215,10 +241,7 @@ class Engine:
         job: Job,
         msg: dict[str, Any],
         kill_reason: str | None,
-        out: bytes,
-        out_trunc: bool,
-        err: bytes,
-        err_trunc: bool,
+        captured: Captured,
         timings: Timings,
         wall_ns: int,
         lease: Lease,
@@ -256,16 +279,19 @@ class Engine:
             cpu_killed=bool(msg.get("cpu_killed")),
             pids_limit_hits=cg.get("pids_limit_hits") or 0,
         )
+        value, handler_error = _handler_result(job, captured.result)
         status = derive(evidence)
         flags = exceeded(evidence)
         return Outcome(
             status=status,
             exit_code=None if sig else exit_code,
             signal=sig,
-            stdout=out,
-            stderr=err,
-            stdout_truncated=out_trunc,
-            stderr_truncated=err_trunc,
+            stdout=captured.stdout[0],
+            stderr=captured.stderr[0],
+            stdout_truncated=captured.stdout[1],
+            stderr_truncated=captured.stderr[1],
+            return_value=value,
+            handler_error=handler_error,
             usage=usage,
             timings=timings,
             error=f"sandbox setup failed: {setup_error}" if setup_error else None,

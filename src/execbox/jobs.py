@@ -50,6 +50,7 @@ class Job:
     limits: Limits = field(default_factory=Limits)
     session: str | None = None
     event: Any = None
+    handler: bool = False  # call the code's handler(event) and return its value
     id: str = ""
 
 
@@ -92,6 +93,8 @@ class Outcome:
     # every limit that fired: wall_time, cpu_time, memory, processes, output, file_size
     exceeded: frozenset[str] = frozenset()
     return_value: Any = None
+    # when a handler was called and failed (or its value could not be serialized)
+    handler_error: dict[str, str] | None = None
     pool_hit: bool | None = None
 
     @property

@@ -4,15 +4,18 @@ the sandbox receives on its job pipe (see execbox.sandbox.child.run_job)."""
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import posixpath
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from execbox.jobs import Job, Limits
 
 CODE_DIR = "/tmp/.execbox"
+NODE_HANDLER = (Path(__file__).with_name("node_handler.js")).read_text()
 WORKDIR = "/workspace"
 
 # Which zygote (and pool) serves each runtime. `command` execs an arbitrary argv, so it
@@ -82,14 +85,36 @@ def payload(job: Job, paths: RuntimePaths) -> dict[str, Any]:
         "rlimits": rlimits(job.limits),
         "cwd": WORKDIR,
     }
+    event = {} if job.event is None else job.event
+    if job.handler:
+        out["handler"] = {"event": event}
     if job.runtime == "python":
         out.update(mode="python", code=_code(job))
+    elif job.runtime == "node" and job.handler:
+        user, wrapper, event_file = (f"{CODE_DIR}/{n}" for n in ("main.js", "run.js", "event.json"))
+        out.update(
+            mode="exec",
+            argv=[paths.node, wrapper, user, event_file],
+            programs=[
+                {"path": user, "text": _code(job)},
+                {"path": wrapper, "text": NODE_HANDLER},
+                {"path": event_file, "text": json.dumps(event)},
+            ],
+        )
     elif job.runtime == "node":
         main = f"{CODE_DIR}/main.js"
-        out.update(mode="exec", argv=[paths.node, main], program={"path": main, "text": _code(job)})
+        out.update(
+            mode="exec", argv=[paths.node, main], programs=[{"path": main, "text": _code(job)}]
+        )
     elif job.runtime == "bash":
         main = f"{CODE_DIR}/main.sh"
-        out.update(mode="exec", argv=[paths.bash, main], program={"path": main, "text": _code(job)})
+        out.update(
+            mode="exec", argv=[paths.bash, main], programs=[{"path": main, "text": _code(job)}]
+        )
+        if job.handler:
+            # the shell's "handler" is the script itself: the event on stdin and in $EVENT
+            out["env"]["EVENT"] = json.dumps(event)
+            del out["handler"]
     elif job.runtime == "command":
         if not job.argv or not job.argv[0]:
             raise InvalidJob("command: cannot be empty")
@@ -97,6 +122,13 @@ def payload(job: Job, paths: RuntimePaths) -> dict[str, Any]:
     else:
         raise InvalidJob(f"runtime: unknown runtime {job.runtime!r}")
     return out
+
+
+def stdin_for(job: Job) -> bytes:
+    """The shell handler reads its event on stdin, unless the request gave stdin itself."""
+    if job.handler and job.runtime == "bash" and not job.stdin:
+        return json.dumps({} if job.event is None else job.event).encode()
+    return job.stdin
 
 
 def _code(job: Job) -> str:

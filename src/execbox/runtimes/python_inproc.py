@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import inspect
 import io
+import json
 import os
 import sys
 import threading
 import traceback
 import types
+from typing import Any
 
 
 def _stream(fd: int, mode: str, line_buffering: bool) -> io.TextIOWrapper:
@@ -50,8 +53,63 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def run(code: str, filename: str = "<string>", argv: list[str] | None = None) -> int:
-    """Run `code` as __main__ and return the exit status; never raises."""
+def _error(exc: BaseException, tb: types.TracebackType | None) -> dict[str, str]:
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
+    }
+
+
+def _call_handler(main: types.ModuleType, event: Any) -> tuple[dict[str, Any] | None, int]:
+    """Call main.handler(event) if the code defined one. (result message, exit status)."""
+    fn = main.__dict__.get("handler")
+    if not callable(fn):
+        return None, 0
+    try:
+        value = fn(event)
+        if inspect.isawaitable(value):
+            import asyncio
+
+            value = asyncio.run(_await(value))
+    except BaseException as exc:
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+        traceback.print_exception(type(exc), exc, tb)
+        return {"ok": False, "error": _error(exc, tb)}, 1
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        msg = f"the handler's return value cannot be serialized to JSON: {exc}"
+        print(msg, file=sys.stderr)
+        return {
+            "ok": False,
+            "error": {"type": type(exc).__name__, "message": msg, "traceback": ""},
+        }, 1
+    return {"ok": True, "value": value}, 0
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+def _send_result(fd: int, msg: dict[str, Any]) -> None:
+    data = memoryview(json.dumps(msg, allow_nan=False).encode())
+    with contextlib.suppress(OSError):
+        while data:
+            data = data[os.write(fd, data) :]
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def run(
+    code: str,
+    filename: str = "<string>",
+    argv: list[str] | None = None,
+    handler: dict[str, Any] | None = None,
+    result_fd: int = -1,
+) -> int:
+    """Run `code` as __main__ (then its handler(event), when asked) and return the exit
+    status; never raises. The handler's result goes to `result_fd`, never to stdout."""
     sys.stdin = sys.__stdin__ = _stream(0, "r", False)
     sys.stdout = sys.__stdout__ = _stream(1, "w", False)
     sys.stderr = sys.__stderr__ = _stream(2, "w", True)
@@ -63,16 +121,23 @@ def run(code: str, filename: str = "<string>", argv: list[str] | None = None) ->
     main.__dict__["__file__"] = filename
     sys.modules["__main__"] = main
     status = 0
+    result: dict[str, Any] | None = None
     try:
         compiled = compile(code, filename, "exec")
         exec(compiled, main.__dict__)
+        if handler is not None:
+            result, status = _call_handler(main, handler.get("event"))
     except SystemExit as exc:
         status = _exit_code(exc)
-    except BaseException:
-        etype, value, tb = sys.exc_info()
+    except BaseException as exc:
+        tb = exc.__traceback__
         # drop our own frame so the traceback starts at the user's code, as python -c does
-        traceback.print_exception(etype, value, tb.tb_next if tb else None)
+        traceback.print_exception(type(exc), exc, tb.tb_next if tb else None)
         status = 1
+        if handler is not None:
+            result = {"ok": False, "error": _error(exc, tb.tb_next if tb else None)}
+    if handler is not None:
+        _send_result(result_fd, result or {"ok": True, "value": None, "no_handler": True})
     with contextlib.suppress(BaseException):
         threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads
     with contextlib.suppress(BaseException):

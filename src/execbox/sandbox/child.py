@@ -9,6 +9,7 @@ reads from its own pipe: code never passes through the zygote.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -28,9 +29,11 @@ from execbox.sandbox.libc import (
 )
 
 # fd layout inside the sandbox while it waits: 0-2 the code's stdio, 3 the job pipe,
-# 4 the ready/error pipe to the zygote. Only 0-2 survive into the code.
+# 4 the ready/status pipe to the zygote, 5 the result pipe to the engine. Only 0-2
+# survive into the code, and the result pipe too when a handler is called (as fd 3).
 JOB_FD = 3
 READY_FD = 4
+RESULT_FD = 5
 CODE_DIR = "/tmp/.execbox"
 EXIT_SETUP_FAILED = 125
 EXIT_EXEC_FAILED = 127
@@ -63,12 +66,12 @@ def _loopback_up() -> None:
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
-def _arrange_fds(fds: tuple[int, int, int, int, int]) -> None:
+def _arrange_fds(fds: tuple[int, ...]) -> None:
     # Move to high numbers first so no dup2 clobbers a source that is still needed.
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in fds]
     for target, fd in enumerate(high):
         os.dup2(fd, target, inheritable=target < 3)
-    libc.close_range(5)
+    libc.close_range(len(fds))
 
 
 def _drop_privileges() -> None:
@@ -137,15 +140,22 @@ def run_job() -> int:
     os.environ.clear()
     os.environ.update(job["env"])
     _write_files(job.get("files", []))
-    if job.get("program"):
+    if job.get("programs"):
         os.makedirs(CODE_DIR, mode=0o700, exist_ok=True)
-        with open(job["program"]["path"], "w") as f:
-            f.write(job["program"]["text"])
+        for program in job["programs"]:
+            with open(program["path"], "w") as f:
+                f.write(program["text"])
     os.chdir(job.get("cwd", mounts.WORKDIR))
     _apply_rlimits(job["rlimits"])
+    handler = job.get("handler")
     if job["mode"] == "python":
         os.close(READY_FD)
-        return python_inproc.run(job["code"])
+        if handler is None:
+            os.close(RESULT_FD)
+        return python_inproc.run(job["code"], handler=handler, result_fd=RESULT_FD)
+    if handler is not None:
+        os.dup2(RESULT_FD, JOB_FD, inheritable=True)  # the wrapper writes its result to fd 3
+    os.close(RESULT_FD)
     return _init(job["argv"], job["env"])
 
 
@@ -160,6 +170,8 @@ def _init(argv: list[str], env: dict[str, str]) -> int:
         # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across
         # exec: the program gets the default actions it expects.
         pid = os.posix_spawnp(argv[0], argv, env, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+        with contextlib.suppress(OSError):
+            os.close(JOB_FD)  # the result pipe, if the program was handed one
     except OSError as exc:
         os.write(2, f"execbox: cannot run {argv[0]}: {exc.strerror}\n".encode())
         return EXIT_EXEC_FAILED
@@ -174,7 +186,7 @@ def _init(argv: list[str], env: dict[str, str]) -> int:
     return os.waitstatus_to_exitcode(status) & 0xFF
 
 
-def main(spec: ChildSpec, sync_fd: int, fds: tuple[int, int, int, int, int]) -> None:
+def main(spec: ChildSpec, sync_fd: int, fds: tuple[int, ...]) -> None:
     """Entry point of the cloned child; never returns."""
     status = EXIT_SETUP_FAILED
     try:

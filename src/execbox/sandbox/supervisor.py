@@ -60,6 +60,7 @@ class Lease:
     stdin_fd: int
     stdout_fd: int
     stderr_fd: int
+    result_fd: int
     pidfd: int
     pool_hit: bool
     take_ms: float
@@ -70,7 +71,7 @@ class Lease:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
     def close_fds(self) -> None:
-        for name in ("job_fd", "stdin_fd", "stdout_fd", "stderr_fd", "pidfd"):
+        for name in ("job_fd", "stdin_fd", "stdout_fd", "stderr_fd", "result_fd", "pidfd"):
             fd = getattr(self, name)
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -149,7 +150,7 @@ class Supervisor:
         msg, fds = await fut
         if msg["op"] == "error":
             raise ZygoteError(msg["error"])
-        job_fd, stdin_fd, stdout_fd, stderr_fd, pidfd = fds
+        job_fd, stdin_fd, stdout_fd, stderr_fd, result_fd, pidfd = fds
         lease = Lease(
             sid=msg["sid"],
             pid=msg["pid"],
@@ -157,6 +158,7 @@ class Supervisor:
             stdin_fd=stdin_fd,
             stdout_fd=stdout_fd,
             stderr_fd=stderr_fd,
+            result_fd=result_fd,
             pidfd=pidfd,
             pool_hit=msg["pool_hit"],
             take_ms=msg["take_ms"],

@@ -66,7 +66,7 @@ class Sandbox:
     uid: int
     cgroup: Cgroup
     ready_fd: int
-    engine_fds: list[int]  # job, stdin, stdout, stderr (the ends the engine keeps)
+    engine_fds: list[int]  # job, stdin, stdout, stderr, result (the ends the engine keeps)
     created: float
     ready: bool = False
     taken: bool = False
@@ -102,6 +102,7 @@ class Zygote:
         self.seq += 1
         sid = f"{self.cfg.runtime}-{os.getpid()}-{self.seq}"
         job_r, job_w = os.pipe2(os.O_CLOEXEC)
+        res_r, res_w = os.pipe2(os.O_CLOEXEC)
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -115,7 +116,20 @@ class Zygote:
             limits = CgroupLimits(self.cfg.default_memory_bytes, self.cfg.default_pids)
             cg.set_limits(limits)
         except OSError:
-            for fd in (job_r, job_w, in_r, in_w, out_r, out_w, err_r, err_w, sync_r, sync_w):
+            for fd in (
+                job_r,
+                job_w,
+                res_r,
+                res_w,
+                in_r,
+                in_w,
+                out_r,
+                out_w,
+                err_r,
+                err_w,
+                sync_r,
+                sync_w,
+            ):
                 os.close(fd)
             os.close(ready_r)
             os.close(ready_w)
@@ -131,7 +145,20 @@ class Zygote:
         try:
             pid = libc.clone(CLONE_FLAGS)
         except OSError:
-            for fd in (job_r, job_w, in_r, in_w, out_r, out_w, err_r, err_w, sync_r, sync_w):
+            for fd in (
+                job_r,
+                job_w,
+                res_r,
+                res_w,
+                in_r,
+                in_w,
+                out_r,
+                out_w,
+                err_r,
+                err_w,
+                sync_r,
+                sync_w,
+            ):
                 os.close(fd)
             os.close(ready_r)
             os.close(ready_w)
@@ -139,8 +166,8 @@ class Zygote:
             self.free_uids.append(uid)
             raise
         if pid == 0:
-            child.main(spec, sync_r, (in_r, out_w, err_w, job_r, ready_w))  # never returns
-        for fd in (job_r, in_r, out_w, err_w, sync_r, ready_w):
+            child.main(spec, sync_r, (in_r, out_w, err_w, job_r, ready_w, res_w))  # no return
+        for fd in (job_r, res_w, in_r, out_w, err_w, sync_r, ready_w):
             os.close(fd)
         try:
             pidfd = os.pidfd_open(pid)
@@ -154,13 +181,15 @@ class Zygote:
                 os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             cg.destroy()
-            for fd in (job_w, in_w, out_r, err_r, ready_r):
+            for fd in (job_w, in_w, out_r, err_r, res_r, ready_r):
                 os.close(fd)
             self.free_uids.append(uid)
             raise
         finally:
             os.close(sync_w)
-        box = Sandbox(sid, pid, pidfd, uid, cg, ready_r, [job_w, in_w, out_r, err_r], created)
+        box = Sandbox(
+            sid, pid, pidfd, uid, cg, ready_r, [job_w, in_w, out_r, err_r, res_r], created
+        )
         box.spawn_ms = (time.monotonic() - created) * 1000
         box.limits = limits
         box.spawn_ms = (time.monotonic() - created) * 1000
