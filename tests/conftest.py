@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,16 +16,30 @@ import pytest
 from execbox.config import Settings
 from execbox.engine import Engine
 from execbox.jobs import Job, Limits, Outcome
+from execbox.sessions import SessionConfig, Sessions
+from execbox.store.sqlite import Store
 
 
 class EngineRunner:
     """Runs an Engine on its own loop thread; tests call it synchronously."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, state_dir: str) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.engine = Engine(settings)
+        self.store = Store(os.path.join(state_dir, "execbox.db"))
+        self.sessions = Sessions(
+            self.store,
+            SessionConfig(
+                root=os.path.join(state_dir, "sessions"),
+                uid_base=3_000_000 + (os.getpid() % 1000) * 1000,
+                uid_count=1000,
+                quota_bytes=8 << 20,
+                idle_ttl_s=3600,
+            ),
+        )
+        self.sessions.prepare()  # before the zygotes start, so they see its mounts
+        self.engine = Engine(settings, self.sessions)
         self.call(self.engine.start())
 
     def call(self, coro, timeout: float = 120):  # type: ignore[no-untyped-def]
@@ -42,6 +57,10 @@ class EngineRunner:
 
     def close(self) -> None:
         self.call(self.engine.close())
+        for sid in self.store.all_sessions():
+            self.sessions.delete(sid)
+        subprocess.run(["umount", "-l", self.sessions.root], check=False)
+        self.store.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
@@ -51,10 +70,11 @@ def make_limits(**kw: object) -> Limits:
 
 
 @pytest.fixture(scope="session")
-def engine() -> Iterator[EngineRunner]:
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineRunner]:
     if os.geteuid() != 0:
         pytest.fail("the sandbox tests need root, as execbox itself does")
-    runner = EngineRunner(Settings.from_env(pool_size=2, max_concurrency=16))
+    state = str(tmp_path_factory.mktemp("engine-state"))
+    runner = EngineRunner(Settings.from_env(pool_size=2, max_concurrency=16), state)
     try:
         yield runner
     finally:

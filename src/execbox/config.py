@@ -63,7 +63,14 @@ class Settings:
     pool_size: int = 2
     uid_base: int = 0  # 0: derived from the server's pid, so servers on one host don't clash
     cgroup_prefix: str = ""  # "": execbox/<server pid>
-    state_dir: str = "/var/lib/execbox"
+    state_dir: str = "/var/lib/execbox"  # the SQLite store and the session workspaces
+    session_quota_bytes: int = 64 << 20
+    session_idle_ttl_s: float = 3600.0
+    session_uid_base: int = 3_000_000
+    session_uid_count: int = 100_000
+    record_retention_s: float = 7 * 86400.0
+    record_max_code_bytes: int = 64 << 10
+    record_max_output_bytes: int = 1 << 20
     limits: LimitRange = field(default_factory=LimitRange)
     runtimes: tuple[str, ...] = ("python", "node", "bash")
     preload_python: tuple[str, ...] = (

@@ -18,6 +18,7 @@ from execbox.config import Settings
 from execbox.jobs import Job, Outcome, Status, Timings, Usage
 from execbox.sandbox.pipes import read_capped, write_all
 from execbox.sandbox.supervisor import Lease, Supervisor, ZygoteError, ZygoteLaunch
+from execbox.sessions import SessionError, Sessions, artifacts, snapshot
 from execbox.status import Evidence, derive, exceeded
 
 log = logging.getLogger("execbox.engine")
@@ -63,8 +64,9 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sessions: Sessions | None = None) -> None:
         self.settings = settings
+        self.sessions = sessions
         self.paths = runtimes.default_paths(settings.runtime_python, settings.node, settings.bash)
         self.zygotes: dict[str, Supervisor] = {}
         self.stats = EngineStats()
@@ -141,7 +143,10 @@ class Engine:
             self.stats.queued -= 1
         self.stats.running += 1
         try:
-            outcome = await self._run(job, payload, t0)
+            if job.session is not None:
+                outcome = await self._run_in_session(job, payload, t0)
+            else:
+                outcome = await self._run(job, payload, t0)
         except Exception as exc:  # a bug: log it, but still answer with an Outcome
             log.exception("engine failure on job %s", job.id)
             outcome = Outcome(Status.INTERNAL_ERROR, error=f"internal error: {exc}")
@@ -155,7 +160,30 @@ class Engine:
             listener(job, outcome)
         return outcome
 
-    async def _run(self, job: Job, payload: dict[str, Any], t0: float) -> Outcome:
+    async def _run_in_session(self, job: Job, payload: dict[str, Any], t0: float) -> Outcome:
+        """One execution at a time per session, in its persistent workspace, with the files
+        it created or changed listed as artifacts."""
+        assert job.session is not None
+        if self.sessions is None:
+            return Outcome(Status.INTERNAL_ERROR, error="sessions are not enabled on this engine")
+        async with self.sessions.lock(job.session):
+            try:
+                ws = await asyncio.to_thread(self.sessions.ensure, job.session)
+            except (SessionError, RuntimeError) as exc:
+                return Outcome(Status.INTERNAL_ERROR, error=f"session: {exc}")
+            before = await asyncio.to_thread(snapshot, ws.path)
+            outcome = await self._run(job, payload, t0, {"uid": ws.uid, "dir": ws.path})
+            outcome.artifacts = await asyncio.to_thread(artifacts, ws.path, before)
+            await asyncio.to_thread(self.sessions.touch, job.session)
+        return outcome
+
+    async def _run(
+        self,
+        job: Job,
+        payload: dict[str, Any],
+        t0: float,
+        session: dict[str, Any] | None = None,
+    ) -> Outcome:
         timings = Timings(queue_ms=(time.monotonic() - t0) * 1000)
         zygote = self.zygotes.get(runtimes.ZYGOTE_OF[job.runtime])
         if zygote is None:
@@ -167,7 +195,8 @@ class Engine:
                     "memory_bytes": job.limits.memory_bytes,
                     "pids": job.limits.pids,
                     "cpu_limit_ns": int(job.limits.cpu_time_s * 1e9),
-                }
+                },
+                session,
             )
         except ZygoteError as exc:
             return Outcome(Status.INTERNAL_ERROR, error=str(exc), timings=timings)

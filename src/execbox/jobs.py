@@ -95,6 +95,8 @@ class Outcome:
     return_value: Any = None
     # when a handler was called and failed (or its value could not be serialized)
     handler_error: dict[str, str] | None = None
+    # session runs: files the execution created or changed (path, size, sha256, mime_type)
+    artifacts: list[dict[str, Any]] | None = None
     pool_hit: bool | None = None
 
     @property

@@ -55,6 +55,7 @@ class ChildSpec:
     tmp_bytes: int
     work_bytes: int
     cgroup_procs: list[str] = field(default_factory=list)
+    workspace: str | None = None  # a session's workspace on the host, bound at /workspace
     hostname: str = "sandbox"
 
 
@@ -93,7 +94,7 @@ def setup(spec: ChildSpec) -> None:
         with open(procs, "w") as f:
             f.write("0")
     libc.unshare(CLONE_NEWCGROUP)  # after the cgroup attach, so our cgroup is its root
-    mounts.enter_root(spec.root, spec.tmp_bytes, spec.work_bytes)
+    mounts.enter_root(spec.root, spec.tmp_bytes, spec.work_bytes, spec.workspace)
     libc.sethostname(spec.hostname)
     _loopback_up()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

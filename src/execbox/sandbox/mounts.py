@@ -18,10 +18,10 @@ from execbox.sandbox.libc import (
     MS_NODEV,
     MS_NOEXEC,
     MS_NOSUID,
-    MS_PRIVATE,
     MS_RDONLY,
     MS_REC,
     MS_REMOUNT,
+    MS_SLAVE,
 )
 
 SANDBOX_UID = 1000
@@ -49,7 +49,9 @@ def build_root(root: str, ro_paths: list[str]) -> None:
 
     `ro_paths` are host directories (the runtimes' homes) made visible at the same path.
     """
-    libc.mount(None, "/", None, MS_REC | MS_PRIVATE)
+    # slave, not private: session workspaces mounted later on the host's shared sessions
+    # directory must still appear here (nothing propagates back to the host)
+    libc.mount(None, "/", None, MS_REC | MS_SLAVE)
     os.makedirs(root, exist_ok=True)
     libc.mount("execbox-root", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0755")
     for d in ("usr", "etc", "tmp", "proc", "dev", WORKDIR.lstrip("/"), "var", "run"):
@@ -115,7 +117,7 @@ def _populate_dev(dev: str) -> None:
         os.symlink(target, os.path.join(dev, name))
 
 
-def enter_root(root: str, tmp_bytes: int, work_bytes: int) -> None:
+def enter_root(root: str, tmp_bytes: int, work_bytes: int, workspace: str | None = None) -> None:
     """In the sandbox (new user and mount ns): private /tmp, workdir and /proc, then pivot.
 
     Mounts copied into a less privileged namespace are locked, and pivot_root refuses a
@@ -124,13 +126,19 @@ def enter_root(root: str, tmp_bytes: int, work_bytes: int) -> None:
     libc.mount(root, root, None, MS_BIND | MS_REC)
     flags = MS_NOSUID | MS_NODEV
     libc.mount("tmp", os.path.join(root, "tmp"), "tmpfs", flags, f"size={tmp_bytes},mode=1777")
-    libc.mount(
-        "workspace",
-        os.path.join(root, WORKDIR.lstrip("/")),
-        "tmpfs",
-        flags,
-        f"size={work_bytes},mode=0755,uid={SANDBOX_UID},gid={SANDBOX_GID}",
-    )
+    workdir = os.path.join(root, WORKDIR.lstrip("/"))
+    if workspace:
+        # A session's persistent workspace instead of a fresh tmpfs. The bind keeps the
+        # host mount's nosuid and nodev, which this namespace cannot clear (they are locked).
+        libc.mount(workspace, workdir, None, MS_BIND)
+    else:
+        libc.mount(
+            "workspace",
+            workdir,
+            "tmpfs",
+            flags,
+            f"size={work_bytes},mode=0755,uid={SANDBOX_UID},gid={SANDBOX_GID}",
+        )
     libc.mount("proc", os.path.join(root, "proc"), "proc", flags | MS_NOEXEC)
     os.chdir(root)
     libc.pivot_root(".", ".")

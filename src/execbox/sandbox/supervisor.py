@@ -134,7 +134,7 @@ class Supervisor:
         self.last_error = None
         self.started_at = time.monotonic()
 
-    async def take(self, limits: dict[str, Any]) -> Lease:
+    async def take(self, limits: dict[str, Any], session: dict[str, Any] | None = None) -> Lease:
         if not self.ready or self.sock is None:
             raise ZygoteError(self.last_error or f"{self.runtime} zygote is not running")
         loop = asyncio.get_running_loop()
@@ -143,7 +143,9 @@ class Supervisor:
         fut: asyncio.Future[TakeReply] = loop.create_future()
         self._takes[req] = fut
         try:
-            protocol.send(self.sock, {"op": "take", "req": req, "limits": limits})
+            protocol.send(
+                self.sock, {"op": "take", "req": req, "limits": limits, "session": session}
+            )
         except OSError as exc:
             self._takes.pop(req, None)
             raise ZygoteError(f"{self.runtime} zygote unreachable: {exc}") from exc

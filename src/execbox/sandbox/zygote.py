@@ -78,6 +78,7 @@ class Sandbox:
     cpu_killed: bool = False
     pids_peak: int = 0
     program_status: int | None = None
+    session: dict[str, Any] | None = None
     spawn_ms: float = 0.0
 
 
@@ -95,10 +96,14 @@ class Zygote:
 
     # ---- creating sandboxes -------------------------------------------------------------
 
-    def spawn(self) -> Sandbox:
-        if not self.free_uids:
+    def spawn(self, session: dict[str, Any] | None = None) -> Sandbox:
+        """Clone a sandbox: a pooled one, or one for a session (its uid and workspace)."""
+        if session is not None:
+            uid = int(session["uid"])
+        elif not self.free_uids:
             raise RuntimeError("no free sandbox uid: too many live sandboxes")
-        uid = self.free_uids.popleft()
+        else:
+            uid = self.free_uids.popleft()
         self.seq += 1
         sid = f"{self.cfg.runtime}-{os.getpid()}-{self.seq}"
         job_r, job_w = os.pipe2(os.O_CLOEXEC)
@@ -133,7 +138,7 @@ class Zygote:
                 os.close(fd)
             os.close(ready_r)
             os.close(ready_w)
-            self.free_uids.append(uid)
+            self._release_uid(uid, session)
             raise
         spec = child.ChildSpec(
             root=self.cfg.root,
@@ -141,6 +146,7 @@ class Zygote:
             tmp_bytes=self.cfg.tmp_bytes,
             work_bytes=self.cfg.work_bytes,
             cgroup_procs=cg.procs_files(),
+            workspace=session["dir"] if session else None,
         )
         try:
             pid = libc.clone(CLONE_FLAGS)
@@ -163,7 +169,7 @@ class Zygote:
             os.close(ready_r)
             os.close(ready_w)
             cg.destroy()
-            self.free_uids.append(uid)
+            self._release_uid(uid, session)
             raise
         if pid == 0:
             child.main(spec, sync_r, (in_r, out_w, err_w, job_r, ready_w, res_w))  # no return
@@ -183,7 +189,7 @@ class Zygote:
             cg.destroy()
             for fd in (job_w, in_w, out_r, err_r, res_r, ready_r):
                 os.close(fd)
-            self.free_uids.append(uid)
+            self._release_uid(uid, session)
             raise
         finally:
             os.close(sync_w)
@@ -194,8 +200,10 @@ class Zygote:
         box.limits = limits
         box.spawn_ms = (time.monotonic() - created) * 1000
         box.limits = limits
+        box.session = session
         self.live[sid] = box
-        self.pool.append(sid)
+        if session is None:
+            self.pool.append(sid)
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", sid))
         self.sel.register(ready_r, selectors.EVENT_READ, ("ready", sid))
         return box
@@ -208,9 +216,16 @@ class Zygote:
     def take(self, msg: dict[str, Any]) -> None:
         t0 = time.monotonic()
         # hand over a ready sandbox if there is one; else the oldest starting one
-        sid = next((s for s in self.pool if self.live[s].ready), None)
+        session = msg.get("session")
+        sid = None if session else next((s for s in self.pool if self.live[s].ready), None)
         hit = sid is not None
-        if sid is None:
+        if session is not None:
+            try:
+                sid = self.spawn(session).sid
+            except Exception as exc:
+                self.report({"op": "error", "req": msg["req"], "error": str(exc)})
+                return
+        elif sid is None:
             if not self.pool:
                 try:
                     self.spawn()
@@ -218,7 +233,8 @@ class Zygote:
                     self.report({"op": "error", "req": msg["req"], "error": str(exc)})
                     return
             sid = self.pool[0]
-        self.pool.remove(sid)
+        if sid in self.pool:
+            self.pool.remove(sid)
         box = self.live[sid]
         box.taken = True
         try:
@@ -296,7 +312,7 @@ class Zygote:
         os.close(box.pidfd)
         for fd in box.engine_fds:
             os.close(fd)
-        self.free_uids.append(box.uid)
+        self._release_uid(box.uid, box.session)
         if sid in self.pool:
             self.pool.remove(sid)
         msg = {
@@ -379,6 +395,10 @@ class Zygote:
                 if used is not None and used >= box.cpu_limit_ns:
                     box.cpu_killed = True
                     self.kill(box)
+
+    def _release_uid(self, uid: int, session: dict[str, Any] | None) -> None:
+        if session is None:  # session uids belong to the session, not to this zygote
+            self.free_uids.append(uid)
 
     def refill_one(self) -> None:
         try:

@@ -1,0 +1,304 @@
+"""Execution records and sessions in SQLite: a real file, WAL mode, numbered migrations.
+
+All calls are synchronous and short; the API runs them in a thread (see Store.call) so
+the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+MIGRATIONS: list[str] = [
+    # 1: executions and sessions
+    """
+    CREATE TABLE executions (
+        id TEXT PRIMARY KEY,
+        session_id TEXT,
+        dialect TEXT NOT NULL,
+        runtime TEXT NOT NULL,
+        status TEXT NOT NULL,
+        request TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        callback_url TEXT,
+        node TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX executions_session ON executions (session_id, created_at);
+    CREATE INDEX executions_status ON executions (status);
+    CREATE INDEX executions_expiry ON executions (expires_at);
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        uid INTEGER NOT NULL UNIQUE,
+        quota_bytes INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        last_used REAL NOT NULL,
+        node TEXT
+    );
+    CREATE TABLE callback_attempts (
+        execution_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        at REAL NOT NULL,
+        status_code INTEGER,
+        error TEXT,
+        PRIMARY KEY (execution_id, attempt)
+    );
+    """,
+]
+
+FINAL_STATUSES = ("completed", "failed", "timeout", "interrupted")
+
+
+@dataclass
+class SessionRow:
+    id: str
+    uid: int
+    quota_bytes: int
+    created_at: float
+    last_used: float
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._lock = threading.Lock()
+        # one thread: SQLite serialises writers anyway, and order of writes is kept
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="execbox-store")
+        self.migrate()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._db.close()
+
+    def migrate(self) -> int:
+        with self._lock:
+            self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
+            row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
+            current = row[0] or 0
+            for version, sql in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                self._db.execute("BEGIN")
+                try:
+                    for stmt in sql.split(";"):
+                        if stmt.strip():
+                            self._db.execute(stmt)
+                    self._db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            return len(MIGRATIONS)
+
+    # ---- executions ----------------------------------------------------------------------
+
+    def create_execution(
+        self,
+        exec_id: str,
+        *,
+        dialect: str,
+        runtime: str,
+        request: dict[str, Any],
+        session_id: str | None,
+        status: str,
+        retention_s: float,
+        callback_url: str | None = None,
+        node: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Insert a record, or return the existing one. (record, created)."""
+        now = time.time()
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO executions (id, session_id, dialect, runtime, status,"
+                " request, callback_url, node, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    exec_id,
+                    session_id,
+                    dialect,
+                    runtime,
+                    status,
+                    json.dumps(request),
+                    callback_url,
+                    node,
+                    now,
+                    now + retention_s,
+                ),
+            )
+            created = cur.rowcount == 1
+        record = self.get_execution(exec_id)
+        assert record is not None
+        return record, created
+
+    def update_execution(
+        self,
+        exec_id: str,
+        *,
+        status: str,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        now = time.time()
+        with self._lock:
+            if status == "running":
+                self._db.execute(
+                    "UPDATE executions SET status=?, started_at=? WHERE id=?",
+                    (status, now, exec_id),
+                )
+            else:
+                self._db.execute(
+                    "UPDATE executions SET status=?, result=?, error=?, finished_at=?"
+                    " WHERE id=?",
+                    (status, json.dumps(result) if result is not None else None, error, now,
+                     exec_id),
+                )  # fmt: skip
+
+    def get_execution(self, exec_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM executions WHERE id=?", (exec_id,)).fetchone()
+            if row is None:
+                return None
+            attempts = self._db.execute(
+                "SELECT attempt, at, status_code, error FROM callback_attempts"
+                " WHERE execution_id=? ORDER BY attempt",
+                (exec_id,),
+            ).fetchall()
+        return _record(row, [dict(a) for a in attempts])
+
+    def list_session_executions(
+        self, session_id: str, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM executions WHERE session_id=? ORDER BY created_at, id"
+                " LIMIT ? OFFSET ?",
+                (session_id, limit, offset),
+            ).fetchall()
+            total = self._db.execute(
+                "SELECT count(*) FROM executions WHERE session_id=?", (session_id,)
+            ).fetchone()[0]
+        return [_record(r, []) for r in rows], total
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM executions WHERE status IN ('pending', 'running')"
+                " ORDER BY created_at"
+            ).fetchall()
+        return [_record(r, []) for r in rows]
+
+    def count_active(self) -> int:
+        with self._lock:
+            return self._db.execute(
+                "SELECT count(*) FROM executions WHERE status IN ('pending', 'running')"
+            ).fetchone()[0]
+
+    def record_callback_attempt(
+        self, exec_id: str, attempt: int, status_code: int | None, error: str | None
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO callback_attempts VALUES (?, ?, ?, ?, ?)",
+                (exec_id, attempt, time.time(), status_code, error),
+            )
+
+    def expire(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        with self._lock:
+            ids = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT id FROM executions WHERE expires_at < ? AND status IN"
+                    " ('completed', 'failed', 'timeout', 'interrupted')",
+                    (now,),
+                )
+            ]
+            for i in ids:
+                self._db.execute("DELETE FROM callback_attempts WHERE execution_id=?", (i,))
+                self._db.execute("DELETE FROM executions WHERE id=?", (i,))
+        return len(ids)
+
+    # ---- sessions ------------------------------------------------------------------------
+
+    def get_session(self, session_id: str) -> SessionRow | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
+        return SessionRow(**{k: row[k] for k in SessionRow.__dataclass_fields__}) if row else None
+
+    def create_session(
+        self, session_id: str, uid_base: int, uid_count: int, quota: int
+    ) -> SessionRow:
+        """Create the session with the lowest free uid of the range (or return it)."""
+        now = time.time()
+        with self._lock:
+            row = self._db.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
+            if row is None:
+                used = {r[0] for r in self._db.execute("SELECT uid FROM sessions")}
+                uid = next(
+                    (u for u in range(uid_base, uid_base + uid_count) if u not in used), None
+                )
+                if uid is None:
+                    raise RuntimeError("no free session uid: too many sessions")
+                self._db.execute(
+                    "INSERT INTO sessions (id, uid, quota_bytes, created_at, last_used)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (session_id, uid, quota, now, now),
+                )
+        found = self.get_session(session_id)
+        assert found is not None
+        return found
+
+    def touch_session(self, session_id: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE sessions SET last_used=? WHERE id=?", (time.time(), session_id)
+            )
+
+    def delete_session(self, session_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM sessions WHERE id=?", (session_id,)).rowcount == 1
+
+    def idle_sessions(self, older_than: float) -> list[str]:
+        with self._lock:
+            return [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT id FROM sessions WHERE last_used < ?", (older_than,)
+                )
+            ]
+
+    def all_sessions(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT id FROM sessions")]
+
+
+def _record(row: sqlite3.Row, attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    out = dict(row)
+    out["request"] = json.loads(out["request"])
+    out["result"] = json.loads(out["result"]) if out["result"] else None
+    out["callback_attempts"] = attempts
+    return out
