@@ -16,6 +16,7 @@ from typing import Any
 from execbox import runtimes
 from execbox.config import Settings
 from execbox.jobs import Job, Outcome, Status, Timings, Usage
+from execbox.sandbox import reaper
 from execbox.sandbox.pipes import read_capped, write_all
 from execbox.sandbox.supervisor import Lease, Supervisor, ZygoteError, ZygoteLaunch
 from execbox.sessions import SessionError, Sessions, artifacts, snapshot
@@ -98,9 +99,10 @@ class Engine:
         )
 
     async def start(self) -> None:
+        reaper.become_subreaper()
         needed = sorted({runtimes.ZYGOTE_OF[r] for r in (*self.settings.runtimes, "command")})
         for i, name in enumerate(needed):
-            self.zygotes[name] = Supervisor(self._launch(i, name))
+            self.zygotes[name] = Supervisor(self._launch(i, name), on_death=self._zygote_died)
         results = await asyncio.gather(
             *(z.start() for z in self.zygotes.values()), return_exceptions=True
         )
@@ -108,6 +110,16 @@ class Engine:
             if isinstance(res, BaseException):
                 log.error("%s zygote failed to start: %s", z.runtime, res)
         self.started = True
+
+    def _zygote_died(self) -> None:
+        # its sandboxes die of PDEATHSIG a moment later and are reparented to us: reap them
+        loop = asyncio.get_running_loop()
+        for delay in (0.05, 0.2, 1.0, 3.0):
+            loop.call_later(delay, self.reap)
+
+    def reap(self) -> int:
+        keep = {z.proc.pid for z in self.zygotes.values() if z.proc is not None}
+        return reaper.reap_orphans(keep)
 
     async def close(self) -> None:
         await asyncio.gather(*(z.close() for z in self.zygotes.values()))

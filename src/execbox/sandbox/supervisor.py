@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -82,6 +83,7 @@ class Lease:
 @dataclass
 class Supervisor:
     launch: ZygoteLaunch
+    on_death: Callable[[], None] | None = None
     proc: subprocess.Popen[bytes] | None = None
     sock: socket.socket | None = None
     ready: bool = False
@@ -231,6 +233,8 @@ class Supervisor:
         self._leases.clear()
         if self._hello is not None and not self._hello.done():
             self._hello.set_result({"op": "fatal", "error": why})
+        if self.on_death is not None:
+            self.on_death()
         if was_ready and not self._closing:
             self.last_error = str(err)
             log.error("%s; restarting", err)
