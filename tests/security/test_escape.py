@@ -398,3 +398,32 @@ print(json.dumps(res))
     assert rb["abstract"] == "ConnectionRefusedError"
     assert rb["marker"] is False
     assert ra["uid_map"][1] != rb["uid_map"][1]  # a unique outside uid each
+
+
+def test_unlisted_syscalls_get_enosys(engine) -> None:
+    # vserver (236) and an out-of-table number: neither is on the allow-list
+    code = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+res = []
+for nr in (236, 1000):
+    rc = libc.syscall(nr, 0, 0, 0)
+    res.append((rc, ctypes.get_errno()))
+print(res)
+"""
+    assert engine.py(code).stdout == b"[(-1, 38), (-1, 38)]\n"
+
+
+def test_32bit_syscall_abi_kills_the_process(engine) -> None:
+    # int 0x80 with eax=20 (getpid in the i386 table) from a page of machine code
+    code = """
+import ctypes, mmap
+buf = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+buf.write(bytes([0xB8, 20, 0, 0, 0, 0xCD, 0x80, 0xC3]))  # mov eax,20; int 0x80; ret
+addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+print("calling", flush=True)
+print(ctypes.CFUNCTYPE(ctypes.c_int)(addr)())
+"""
+    out = engine.py(code)
+    assert out.stdout == b"calling\n"
+    assert out.signal == 31  # SIGSYS: seccomp's bad-arch action
