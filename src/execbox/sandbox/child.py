@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass, field
 
 from execbox.runtimes import python_inproc
-from execbox.sandbox import libc, mounts
+from execbox.sandbox import landlock, libc, mounts
 from execbox.sandbox.libc import (
     CLONE_NEWCGROUP,
     PR_SET_DUMPABLE,
@@ -56,6 +56,7 @@ class ChildSpec:
     work_bytes: int
     cgroup_procs: list[str] = field(default_factory=list)
     workspace: str | None = None  # a session's workspace on the host, bound at /workspace
+    landlock_abi: int = 0
     hostname: str = "sandbox"
 
 
@@ -99,6 +100,12 @@ def setup(spec: ChildSpec) -> None:
     _loopback_up()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _drop_privileges()
+    landlock.restrict(
+        spec.landlock_abi,
+        read_only=["/"],
+        writable=["/tmp", mounts.WORKDIR, "/proc"],
+        devices=[f"/dev/{d}" for d in mounts.DEVICES],
+    )
     libc.load_seccomp(spec.seccomp_bpf)
 
 

@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from execbox.sandbox import child, libc, mounts, protocol
+from execbox.sandbox import child, landlock, libc, mounts, protocol
 from execbox.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits
 from execbox.sandbox.seccomp import build_filter
 
@@ -93,6 +93,7 @@ class Zygote:
     live: dict[str, Sandbox] = field(default_factory=dict)
     pool: deque[str] = field(default_factory=deque)  # not yet taken, oldest first
     seq: int = 0
+    landlock_abi: int = 0
 
     # ---- creating sandboxes -------------------------------------------------------------
 
@@ -147,6 +148,7 @@ class Zygote:
             work_bytes=self.cfg.work_bytes,
             cgroup_procs=cg.procs_files(),
             workspace=session["dir"] if session else None,
+            landlock_abi=self.landlock_abi,
         )
         try:
             pid = libc.clone(CLONE_FLAGS)
@@ -468,7 +470,7 @@ def main() -> None:
     # the sandbox must not find the server's source tree on its path
     src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != src]
-    z = Zygote(cfg, sock, driver, bpf)
+    z = Zygote(cfg, sock, driver, bpf, landlock_abi=landlock.abi())
     z.free_uids.extend(range(cfg.uid_base, cfg.uid_base + cfg.uid_count))
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     z.serve()
