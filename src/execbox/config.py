@@ -60,7 +60,9 @@ class Settings:
     node: str = "/usr/bin/node"
     bash: str = "/usr/bin/bash"
     max_concurrency: int = 16
-    pool_size: int = 2
+    pool_size: int = 2  # each zygote's pool at start; then it follows demand
+    pool_min: int = 1
+    pool_max: int = 16
     uid_base: int = 0  # 0: derived from the server's pid, so servers on one host don't clash
     cgroup_prefix: str = ""  # "": execbox/<server pid>
     state_dir: str = "/var/lib/execbox"  # the SQLite store and the session workspaces

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -57,6 +58,26 @@ def _handler_result(job: Job, result: tuple[bytes, bool]) -> tuple[Any, dict[str
     return None, msg.get("error")
 
 
+AUTOSCALE_TICK_S = 0.25
+IDLE_AFTER_S = 2.0
+
+
+def pool_target(z: Supervisor, now: float, floor: int, ceiling: int) -> int:
+    """How many ready sandboxes a zygote should keep: enough for the sandboxes in flight and
+    for the takes expected while one refill runs (twice over), between floor and ceiling.
+    Grows at once; shrinks one step a tick, and to the floor once idle."""
+    recent = [t for t in z.take_times if now - t < 1.0]
+    if not z.take_times or now - z.take_times[-1] > IDLE_AFTER_S:
+        return floor
+    refills = sorted(z.refill_ms[-32:]) or [10.0]
+    refill_s = refills[len(refills) // 2] / 1000
+    want = max(len(z._leases), math.ceil(len(recent) * refill_s * 2) + 1)
+    want = min(max(want, floor), ceiling)
+    if want >= z.pool_target:
+        return want
+    return z.pool_target - 1
+
+
 @dataclass
 class EngineStats:
     queued: int = 0
@@ -74,6 +95,7 @@ class Engine:
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self.started = False
         self.listeners: list[Any] = []  # callables(job, outcome), e.g. metrics
+        self._autoscaler: asyncio.Task[None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -110,6 +132,17 @@ class Engine:
             if isinstance(res, BaseException):
                 log.error("%s zygote failed to start: %s", z.runtime, res)
         self.started = True
+        self._autoscaler = asyncio.get_running_loop().create_task(self._autoscale())
+
+    async def _autoscale(self) -> None:
+        while True:
+            await asyncio.sleep(AUTOSCALE_TICK_S)
+            now = time.monotonic()
+            for z in self.zygotes.values():
+                if z.ready:
+                    target = pool_target(z, now, self.settings.pool_min, self.settings.pool_max)
+                    if target != z.pool_target:
+                        z.set_pool_size(target)
 
     def _zygote_died(self) -> None:
         # its sandboxes die of PDEATHSIG a moment later and are reparented to us: reap them
@@ -122,6 +155,8 @@ class Engine:
         return reaper.reap_orphans(keep)
 
     async def close(self) -> None:
+        if self._autoscaler is not None:
+            self._autoscaler.cancel()
         await asyncio.gather(*(z.close() for z in self.zygotes.values()))
         self.started = False
 

@@ -97,6 +97,10 @@ class Supervisor:
     _closing: bool = False
     _restart_task: asyncio.Task[None] | None = None
     stats: dict[str, int] = field(default_factory=lambda: {"hits": 0, "misses": 0})
+    pool_size: int = 0  # ready or starting sandboxes, as the zygote last reported
+    pool_target: int = 0
+    refill_ms: list[float] = field(default_factory=list)  # recent clone-to-ready times
+    take_times: list[float] = field(default_factory=list)  # recent takes, for autoscaling
 
     @property
     def runtime(self) -> str:
@@ -135,6 +139,7 @@ class Supervisor:
         self.ready = True
         self.last_error = None
         self.started_at = time.monotonic()
+        self.pool_target = self.launch.pool_size
 
     async def take(self, limits: dict[str, Any], session: dict[str, Any] | None = None) -> Lease:
         if not self.ready or self.sock is None:
@@ -169,10 +174,13 @@ class Supervisor:
             exited=loop.create_future(),
         )
         self.stats["hits" if lease.pool_hit else "misses"] += 1
+        self.take_times.append(time.monotonic())
+        del self.take_times[:-1024]
         self._leases[lease.sid] = lease
         return lease
 
     def set_pool_size(self, size: int) -> None:
+        self.pool_target = size
         if self.sock is not None and self.ready:
             with contextlib.suppress(OSError):
                 protocol.send(self.sock, {"op": "pool", "size": size})
@@ -196,6 +204,8 @@ class Supervisor:
 
     def _dispatch(self, msg: dict[str, Any], fds: list[int]) -> None:
         op = msg.get("op")
+        if "pool" in msg and op != "ready":
+            self.pool_size = msg["pool"]
         if op in ("hello", "fatal"):
             if self._hello is not None and not self._hello.done():
                 self._hello.set_result(msg)
@@ -213,6 +223,10 @@ class Supervisor:
             elif msg.get("setup_error"):
                 self.last_error = f"sandbox setup failed: {msg['setup_error']}"
                 log.error("%s sandbox %s: %s", self.runtime, msg["sid"], self.last_error)
+        elif op == "ready":
+            self.pool_size = msg["pool"]
+            self.refill_ms.append(msg["setup_ms"])
+            del self.refill_ms[:-256]
         elif op == "log":
             log.log(logging.ERROR if msg.get("level") == "error" else logging.INFO, msg.get("msg"))
         for fd in fds if op not in ("sandbox", "error") else ():

@@ -263,6 +263,7 @@ class Zygote:
                 "pool_hit": hit,
                 "take_ms": (time.monotonic() - t0) * 1000,
                 "spawn_ms": box.spawn_ms,
+                "pool": len(self.pool),
                 "setup_ms": (box.ready_at - box.created) * 1000 if box.ready else None,
             },
             [*box.engine_fds, box.pidfd],
@@ -290,6 +291,14 @@ class Zygote:
                 box.ready = True
                 box.ready_at = time.monotonic()
                 data = data[1:]
+                if box.session is None:
+                    self.report(
+                        {
+                            "op": "ready",
+                            "setup_ms": (box.ready_at - box.created) * 1000,
+                            "pool": len(self.pool),
+                        }
+                    )
             if data.startswith(b"E"):
                 box.setup_error = data[1:].decode(errors="replace")
             elif data.startswith(b"S") and data[1:].isdigit():
@@ -335,6 +344,7 @@ class Zygote:
             "io": io,
             "pids_peak": box.pids_peak if box.taken else None,
             "cpu_killed": box.cpu_killed,
+            "pool": len(self.pool),
         }
         self.report(msg)
         if not box.cgroup.destroy():
@@ -418,9 +428,18 @@ class Zygote:
             if box is not None:
                 self.kill(box)
         elif op == "pool":
-            self.cfg.pool_size = int(msg["size"])
+            self.resize(int(msg["size"]))
         elif op == "ping":
             self.report({"op": "pong", "live": len(self.live), "pool": len(self.pool)})
+
+    def resize(self, size: int) -> None:
+        """New pool target: surplus sandboxes (oldest first) are killed, never reused."""
+        self.cfg.pool_size = max(0, size)
+        while len(self.pool) > self.cfg.pool_size:
+            box = self.live[self.pool.popleft()]
+            box.taken = False
+            self.kill(box)
+        self.report({"op": "resized", "pool": len(self.pool)})
 
     def shutdown(self) -> None:
         for box in list(self.live.values()):

@@ -1,0 +1,60 @@
+"""Warm pools: never reused, limits applied to pooled sandboxes, growing and shrinking."""
+
+from __future__ import annotations
+
+import time
+
+from execbox.jobs import Job, Status
+
+from ..conftest import make_limits
+
+
+def test_pooled_sandboxes_are_never_reused(engine) -> None:
+    code = (
+        "import os\nprint(open('/proc/self/uid_map').read().split()[1], "
+        "os.path.exists('/tmp/m'))\nopen('/tmp/m', 'w')"
+    )
+    outs = []
+    for _ in range(6):
+        outs.append(engine.py(code))
+        time.sleep(0.1)  # let the pool refill, so these are pooled sandboxes
+    assert all(o.pool_hit for o in outs[1:]), [o.pool_hit for o in outs]
+    # no sandbox saw a marker: each started fresh
+    assert all(o.stdout.split()[1] == b"False" for o in outs)
+
+
+def test_per_request_limits_hold_in_pooled_sandboxes(engine) -> None:
+    engine.py("print(1)")  # the pool is warm
+    out = engine.py(
+        "x = bytearray(200 << 20); x[::4096] = b'x' * len(x[::4096])", memory_bytes=64 << 20
+    )
+    assert out.pool_hit and out.status is Status.MEMORY_LIMIT
+    out = engine.py("import os\nfor _ in range(50):\n    os.fork()", pids=8)
+    assert out.pool_hit and "processes" in out.exceeded
+    # and the next pooled sandbox has the defaults back
+    out = engine.py("x = bytearray(200 << 20); x[::4096] = b'x' * len(x[::4096]); print('ok')")
+    assert out.status is Status.SUCCESS and out.stdout == b"ok\n"
+
+
+def test_pools_grow_under_load_and_shrink_when_idle(engine) -> None:
+    sup = engine.engine.zygotes["bash"]
+    floor = engine.engine.settings.pool_min
+    engine.many([Job(runtime="bash", code="sleep 0.3", limits=make_limits()) for _ in range(12)])
+    grown = sup.pool_target
+    assert grown > floor, grown
+    deadline = time.monotonic() + 10
+    while sup.pool_target > floor or sup.pool_size > floor:
+        assert time.monotonic() < deadline, (sup.pool_target, sup.pool_size)
+        time.sleep(0.1)
+    assert sup.refill_ms and all(ms > 0 for ms in sup.refill_ms)
+
+
+def test_nothing_left_behind_after_a_burst(engine) -> None:
+    from .test_faults import _cgroups_below
+
+    sup = engine.engine.zygotes["python"]
+    outs = engine.many([Job(runtime="python", code="print(1)") for _ in range(32)])
+    assert all(o.status is Status.SUCCESS for o in outs)
+    time.sleep(0.5)
+    names = {p.rsplit("/", 1)[1] for p in _cgroups_below(sup.launch.cgroup_prefix)}
+    assert len(names) <= max(sup.pool_size, sup.pool_target) + 1, names
