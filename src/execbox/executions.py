@@ -1,0 +1,228 @@
+"""Execution records around the engine: every execution, in any dialect, is recorded;
+an execution_id is run at most once; async runs move pending -> running -> completed or
+failed and may call back; after a crash every accepted, unfinished execution is run again
+(if it never started) or marked interrupted (if it was running: it may have had effects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from execbox import callbacks
+from execbox.engine import Engine
+from execbox.jobs import Job, Limits, Outcome, Status
+from execbox.store.sqlite import Store
+
+log = logging.getLogger("execbox.executions")
+
+# the record status of an Outcome status
+RECORD_STATUS = {
+    Status.SUCCESS: "completed",
+    Status.TIMEOUT: "timeout",
+}
+
+
+def record_status(outcome: Outcome) -> str:
+    return RECORD_STATUS.get(outcome.status, "failed")
+
+
+@dataclass(frozen=True)
+class RecordCaps:
+    retention_s: float
+    max_code_bytes: int
+    max_output_bytes: int
+
+
+def job_to_dict(job: Job, caps: RecordCaps) -> dict[str, Any]:
+    """The job as stored: enough to run it again, unless its code had to be cut."""
+    code = job.code
+    cut = code is not None and len(code.encode()) > caps.max_code_bytes
+    return {
+        "runtime": job.runtime,
+        "code": code.encode()[: caps.max_code_bytes].decode(errors="ignore") if cut else code,
+        "code_truncated": cut,
+        "argv": job.argv,
+        "files": {k: base64.b64encode(v).decode() for k, v in job.files.items()},
+        "env": job.env,
+        "stdin": base64.b64encode(job.stdin).decode(),
+        "limits": asdict(job.limits),
+        "session": job.session,
+        "event": job.event,
+        "handler": job.handler,
+    }
+
+
+def job_from_dict(d: dict[str, Any], exec_id: str) -> Job:
+    return Job(
+        runtime=d["runtime"],
+        code=d["code"],
+        argv=d["argv"],
+        files={k: base64.b64decode(v) for k, v in d["files"].items()},
+        env=d["env"],
+        stdin=base64.b64decode(d["stdin"]),
+        limits=Limits(**d["limits"]),
+        session=d["session"],
+        event=d["event"],
+        handler=d["handler"],
+        id=exec_id,
+    )
+
+
+def outcome_to_dict(outcome: Outcome, cap: int) -> dict[str, Any]:
+    def text(b: bytes) -> str:
+        return b[:cap].decode(errors="replace")
+
+    return {
+        "status": outcome.status.value,
+        "exit_code": outcome.exit_code,
+        "signal": outcome.signal,
+        "stdout": text(outcome.stdout),
+        "stderr": text(outcome.stderr),
+        "stdout_truncated": outcome.stdout_truncated or len(outcome.stdout) > cap,
+        "stderr_truncated": outcome.stderr_truncated or len(outcome.stderr) > cap,
+        "usage": asdict(outcome.usage),
+        "timings": asdict(outcome.timings),
+        "exceeded": sorted(outcome.exceeded),
+        "error": outcome.error,
+        "return_value": outcome.return_value,
+        "handler_error": outcome.handler_error,
+        "artifacts": outcome.artifacts,
+    }
+
+
+class Executions:
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        caps: RecordCaps,
+        callback_policy: callbacks.CallbackPolicy,
+        node: str = "local",
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.caps = caps
+        self.callback_policy = callback_policy
+        self.node = node
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _create(
+        self, exec_id: str, dialect: str, job: Job, status: str, callback_url: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        return await self.store.call(
+            lambda: self.store.create_execution(
+                exec_id,
+                dialect=dialect,
+                runtime=job.runtime,
+                request=job_to_dict(job, self.caps),
+                session_id=job.session,
+                status=status,
+                retention_s=self.caps.retention_s,
+                callback_url=callback_url,
+                node=self.node,
+            )
+        )
+
+    async def run(
+        self, exec_id: str, dialect: str, job: Job
+    ) -> tuple[Outcome | None, dict[str, Any]]:
+        """Run now and record it. A known execution_id is not run again: (None, record)."""
+        record, created = await self._create(exec_id, dialect, job, "running", None)
+        if not created:
+            return None, record
+        outcome = await self.engine.run(dataclasses.replace(job, id=exec_id))
+        await self._finish(exec_id, outcome)
+        return outcome, await self.store.call(self.store.get_execution, exec_id)
+
+    async def record_only(self, exec_id: str, dialect: str, job: Job, outcome: Outcome) -> None:
+        """Record an execution that already ran (dialects without ids of their own), off
+        the request's path."""
+
+        async def write() -> None:
+            await self._create(exec_id, dialect, job, "running", None)
+            await self._finish(exec_id, outcome)
+
+        self._spawn(write())
+
+    async def submit(
+        self, exec_id: str, dialect: str, job: Job, callback_url: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        """Accept for a later run; the record is written before this returns, so an
+        accepted execution survives a crash. (record, created)."""
+        if callback_url:
+            callbacks.check_url(callback_url, self.callback_policy)
+        record, created = await self._create(exec_id, dialect, job, "pending", callback_url)
+        if created:
+            self._spawn(self._run_async(exec_id, dataclasses.replace(job, id=exec_id)))
+        return record, created
+
+    async def _run_async(self, exec_id: str, job: Job) -> None:
+        await self.store.call(lambda: self.store.update_execution(exec_id, status="running"))
+        outcome = await self.engine.run(job)
+        await self._finish(exec_id, outcome)
+
+    async def _finish(self, exec_id: str, outcome: Outcome) -> None:
+        result = outcome_to_dict(outcome, self.caps.max_output_bytes)
+        status = record_status(outcome)
+        await self.store.call(
+            lambda: self.store.update_execution(exec_id, status=status, result=result)
+        )
+        await self._maybe_call_back(exec_id)
+
+    async def _maybe_call_back(self, exec_id: str) -> None:
+        record = await self.store.call(self.store.get_execution, exec_id)
+        if record is None or not record.get("callback_url"):
+            return
+
+        async def note(attempt: int, code: int | None, error: str | None) -> None:
+            await self.store.call(
+                lambda: self.store.record_callback_attempt(exec_id, attempt, code, error)
+            )
+
+        payload = {k: record[k] for k in ("id", "session_id", "status", "result", "error")}
+        payload["execution_id"] = payload.pop("id")
+        self._spawn(callbacks.deliver(record["callback_url"], payload, self.callback_policy, note))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def recover(self) -> dict[str, int]:
+        """After a restart: re-run what never started, mark what was running interrupted."""
+        rerun = interrupted = 0
+        for rec in await self.store.call(self.store.unfinished):
+            req = rec["request"]
+            if rec["status"] == "pending" and not req.get("code_truncated"):
+                job = job_from_dict(req, rec["id"])
+                self._spawn(self._run_async(rec["id"], job))
+                rerun += 1
+            else:
+                why = (
+                    "the server stopped while this execution was running; it was not re-run "
+                    "because it may already have had effects"
+                    if rec["status"] == "running"
+                    else "the server stopped before this execution ran, and its code was too "
+                    "large to keep for a re-run"
+                )
+                await self.store.call(
+                    lambda r=rec, w=why: self.store.update_execution(
+                        r["id"], status="interrupted", error=w
+                    )
+                )
+                await self._maybe_call_back(rec["id"])
+                interrupted += 1
+        return {"rerun": rerun, "interrupted": interrupted}
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    @property
+    def active(self) -> int:
+        return self.engine.stats.running + self.engine.stats.queued
