@@ -1,0 +1,110 @@
+"""What every dialect's handler does around the engine: read the body, authenticate,
+count against the rate limit, run the Job, audit it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from fastapi import Request
+from pydantic import ValidationError
+
+from execbox.api.audit import AuditLog
+from execbox.api.auth import Auth, Identity
+from execbox.api.errors import ApiError, Dialect
+from execbox.api.middleware import BodyTooLarge
+from execbox.api.ratelimit import RateLimiter
+from execbox.config import Settings
+from execbox.engine import Engine
+from execbox.jobs import Job, Outcome
+from execbox.runtimes import InvalidJob
+
+try:
+    VERSION = metadata.version("execbox")
+except metadata.PackageNotFoundError:  # running from a source tree
+    VERSION = "0.0.0"
+
+
+@dataclass
+class Policy:
+    """Everything the HTTP layer derives from Settings; rebuilt by configure()."""
+
+    settings: Settings
+    auth: Auth
+    limiter: RateLimiter
+    audit: AuditLog
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(settings, Auth(settings), RateLimiter(settings.rate_limit), AuditLog(
+            settings.audit_log))  # fmt: skip
+
+
+def policy(request: Request) -> Policy:
+    return request.app.state.policy  # type: ignore[no-any-return]
+
+
+def engine(request: Request) -> Engine:
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+async def read_body(request: Request, dialect: Dialect) -> bytes:
+    try:
+        return await request.body()
+    except BodyTooLarge:
+        limit = policy(request).settings.max_body_bytes
+        msg = f"Request body exceeds maximum size limit of {limit} bytes"
+        raise ApiError(413, msg, dialect) from None
+
+
+def parse_json(raw: bytes, dialect: Dialect) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"Malformed JSON body: {exc}", dialect) from None
+
+
+def admit(request: Request, dialect: Dialect) -> Identity:
+    """Authenticate, then count one request against the caller's rate limit."""
+    p = policy(request)
+    who = p.auth.check(request, dialect)
+    request.state.rate_limit_headers = p.limiter.hit(who, dialect)
+    request.state.identity = who
+    return who
+
+
+def first_error(exc: ValidationError) -> str:
+    """A pydantic error as one line that names the field."""
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "body"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+async def run(request: Request, dialect: Dialect, job: Job) -> Outcome:
+    try:
+        outcome = await engine(request).run(job)
+    except InvalidJob as exc:
+        raise ApiError(400, str(exc), dialect) from None
+    who: Identity = request.state.identity
+    policy(request).audit.record(request.state.request_id, dialect, who, job, outcome)
+    return outcome
+
+
+def text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def check_range(field: str, value: float, low: float, high: float, unit: str = "") -> None:
+    if not low <= value <= high:
+        u = f" {unit}" if unit else ""
+        raise ValueError(
+            f"{field}: {_num(value)}{u} is out of range, allowed {_num(low)}..{_num(high)}{u}"
+        )
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
