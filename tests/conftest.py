@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ from execbox.engine import Engine
 from execbox.jobs import Job, Limits, Outcome
 from execbox.sessions import SessionConfig, Sessions
 from execbox.store.sqlite import Store
+from tests.mounts import unmount_below
 
 
 class EngineRunner:
@@ -59,7 +59,7 @@ class EngineRunner:
         self.call(self.engine.close())
         for sid in self.store.all_sessions():
             self.sessions.delete(sid)
-        subprocess.run(["umount", "-l", self.sessions.root], check=False)
+        unmount_below(self.sessions.root)
         self.store.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)

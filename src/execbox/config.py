@@ -73,6 +73,25 @@ class Settings:
     record_retention_s: float = 7 * 86400.0
     record_max_code_bytes: int = 64 << 10
     record_max_output_bytes: int = 1 << 20
+    # hosts (or host:port) results may be POSTed to; "*" allows any public host
+    callback_allowed_hosts: tuple[str, ...] = ()
+    callback_secret: str | None = None
+    callback_attempts: int = 5
+    callback_backoff_s: float = 0.5
+    # env_vars a request may not set: they would subvert the runtime
+    blocked_env_vars: tuple[str, ...] = (
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "LD_AUDIT",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSTARTUP",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "BASH_ENV",
+        "ENV",
+        "PATH",
+    )
     limits: LimitRange = field(default_factory=LimitRange)
     runtimes: tuple[str, ...] = ("python", "node", "bash")
     preload_python: tuple[str, ...] = (

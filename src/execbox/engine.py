@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
 import logging
 import math
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +20,7 @@ from execbox import runtimes
 from execbox.config import Settings
 from execbox.jobs import Job, Outcome, Status, Timings, Usage
 from execbox.sandbox import reaper
+from execbox.sandbox.cgroups import CgroupDriver
 from execbox.sandbox.pipes import read_capped, write_all
 from execbox.sandbox.supervisor import Lease, Supervisor, ZygoteError, ZygoteLaunch
 from execbox.sessions import SessionError, Sessions, artifacts, snapshot
@@ -122,6 +125,7 @@ class Engine:
 
     async def start(self) -> None:
         reaper.become_subreaper()
+        await asyncio.to_thread(self._sweep_dead_servers)
         needed = sorted({runtimes.ZYGOTE_OF[r] for r in (*self.settings.runtimes, "command")})
         for i, name in enumerate(needed):
             self.zygotes[name] = Supervisor(self._launch(i, name), on_death=self._zygote_died)
@@ -144,6 +148,20 @@ class Engine:
                     if target != z.pool_target:
                         z.set_pool_size(target)
 
+    def _sweep_dead_servers(self) -> None:
+        """Clean what a server killed outright left on the host: its cgroups (and any
+        process still in them) and its zygotes' empty root mount points."""
+        driver = CgroupDriver.detect(f"execbox/{os.getpid()}")
+        if driver is not None:
+            n = driver.sweep_dead_servers()
+            if n:
+                log.warning("removed %d cgroups left by servers that died", n)
+        for path in glob.glob("/tmp/.execbox-root-*-*"):
+            pid = path.rsplit("/", 1)[1].split("-")[2]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+
     def _zygote_died(self) -> None:
         # its sandboxes die of PDEATHSIG a moment later and are reparented to us: reap them
         loop = asyncio.get_running_loop()
@@ -159,6 +177,16 @@ class Engine:
             self._autoscaler.cancel()
         await asyncio.gather(*(z.close() for z in self.zygotes.values()))
         self.started = False
+        await asyncio.to_thread(self._remove_own_cgroups)
+
+    def _remove_own_cgroups(self) -> None:
+        prefix = self.settings.cgroup_prefix or f"execbox/{os.getpid()}"
+        driver = CgroupDriver.detect(prefix)
+        if driver is not None:
+            for root in set(driver.roots.values()):
+                for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda w: -len(w[0])):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(dirpath)
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -180,7 +208,8 @@ class Engine:
 
     # ---- running -----------------------------------------------------------------------------
 
-    async def run(self, job: Job) -> Outcome:
+    async def run(self, job: Job, on_start: Callable[[], Awaitable[None]] | None = None) -> Outcome:
+        """Run a job; `on_start` is awaited once it has a slot, just before its sandbox."""
         t0 = time.monotonic()
         payload = runtimes.payload(job, self.paths)  # raises InvalidJob before any sandbox
         self.stats.queued += 1
@@ -190,6 +219,8 @@ class Engine:
             self.stats.queued -= 1
         self.stats.running += 1
         try:
+            if on_start is not None:
+                await on_start()
             if job.session is not None:
                 outcome = await self._run_in_session(job, payload, t0)
             else:

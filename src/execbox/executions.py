@@ -162,8 +162,10 @@ class Executions:
         return record, created
 
     async def _run_async(self, exec_id: str, job: Job) -> None:
-        await self.store.call(lambda: self.store.update_execution(exec_id, status="running"))
-        outcome = await self.engine.run(job)
+        async def started() -> None:  # "running" only once it has a slot: see recover()
+            await self.store.call(lambda: self.store.update_execution(exec_id, status="running"))
+
+        outcome = await self.engine.run(job, on_start=started)
         await self._finish(exec_id, outcome)
 
     async def _finish(self, exec_id: str, outcome: Outcome) -> None:

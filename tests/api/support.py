@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,9 @@ from fastapi.testclient import TestClient
 
 from execbox.api.app import configure, create_app
 from execbox.config import Settings
+from tests.mounts import unmount_below
 
+STATE_DIR = tempfile.mkdtemp(prefix="execbox-api-state-")
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 _client: TestClient | None = None
@@ -33,6 +36,12 @@ def base_settings() -> Settings:
         uid_base=100_000_000 + (pid % 1000) * 32768,
         cgroup_prefix=f"execbox-api/{pid}",
         open_mode=True,
+        state_dir=STATE_DIR,
+        session_uid_base=5_000_000 + (pid % 1000) * 1000,
+        session_uid_count=1000,
+        callback_allowed_hosts=("127.0.0.1",),
+        callback_secret="test-secret",
+        callback_backoff_s=0.05,
     )
 
 
@@ -53,6 +62,7 @@ def release() -> None:
     if _users == 0 and _client is not None:
         _client.__exit__(None, None, None)
         _client = None
+        unmount_below(STATE_DIR)
 
 
 @contextlib.contextmanager

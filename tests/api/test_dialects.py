@@ -115,23 +115,28 @@ def test_faber_output_limit(client: TestClient) -> None:
 
 
 def test_executor_statuses(client: TestClient) -> None:
-    base = {"execution_id": "x1", "session_id": "s1", "language": "python"}
-    r = client.post("/execute", json={**base, "code": "print('ok')"})
+    # an execution_id runs once (a repeat returns its record), so each request has its own
+    base = {"session_id": "s1", "language": "python"}
+    r = client.post("/execute", json={**base, "execution_id": "x1", "code": "print('ok')"})
     body = r.json()
     assert (body["status"], body["message"], body["stdout"], body["exit_code"]) == (
         "completed", "Execution completed", "ok\n", 0,
     )  # fmt: skip
     assert body["execution_id"] == "x1" and body["duration"] > 0
     assert body["metrics"]["cpu_time_ms"] >= 0
-    r = client.post("/execute", json={**base, "code": "raise SystemExit(2)"})
+    r = client.post("/execute", json={**base, "execution_id": "x2", "code": "raise SystemExit(2)"})
     assert (r.json()["status"], r.json()["exit_code"]) == ("failed", 2)
     assert "code 2" in r.json()["message"]
-    r = client.post("/execute", json={**base, "code": "import time; time.sleep(5)", "timeout": 1})
+    r = client.post(
+        "/execute",
+        json={**base, "execution_id": "x3", "code": "import time; time.sleep(5)", "timeout": 1},
+    )
     assert r.json()["status"] == "timeout" and "1s" in r.json()["message"]
     r = client.post(
         "/execute",
         json={
             **base,
+            "execution_id": "x4",
             "language": "shell",
             "code": 'echo "$GREETING"',
             "env_vars": {"GREETING": "hey"},

@@ -3,6 +3,9 @@ three dialects' routers."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,12 +17,19 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from execbox.api import errors, executor, faber, shared, zeroboot
+from execbox.api import errors, executor, faber, records, shared, zeroboot
 from execbox.api.common import VERSION, Policy
 from execbox.api.metrics import Metrics
 from execbox.api.middleware import HttpLayer
+from execbox.callbacks import CallbackPolicy, allowed_hosts
 from execbox.config import Settings
 from execbox.engine import Engine
+from execbox.executions import Executions, RecordCaps
+from execbox.sessions import SessionConfig, Sessions
+from execbox.store.sqlite import Store
+
+log = logging.getLogger("execbox.api")
+HOUSEKEEPING_S = 30.0
 
 # request bodies are read by hand (each dialect shapes its own errors), so their schemas
 # are added to the document here rather than discovered from the endpoints' signatures
@@ -51,20 +61,68 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+def session_config(s: Settings) -> SessionConfig:
+    return SessionConfig(
+        root=os.path.join(s.state_dir, "sessions"),
+        uid_base=s.session_uid_base,
+        uid_count=s.session_uid_count,
+        quota_bytes=s.session_quota_bytes,
+        idle_ttl_s=s.session_idle_ttl_s,
+    )
+
+
+def record_caps(s: Settings) -> RecordCaps:
+    return RecordCaps(s.record_retention_s, s.record_max_code_bytes, s.record_max_output_bytes)
+
+
+def callback_policy(s: Settings) -> CallbackPolicy:
+    return CallbackPolicy(
+        allowed_hosts=allowed_hosts(s.callback_allowed_hosts),
+        secret=s.callback_secret or "",
+        attempts=s.callback_attempts,
+        backoff_s=s.callback_backoff_s,
+    )
+
+
+async def _housekeeping(store: Store, sessions: Sessions) -> None:
+    """Expire old records and idle sessions, now and then, off the request path."""
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_S)
+        try:
+            await store.call(store.expire)
+            await asyncio.to_thread(sessions.gc)
+        except Exception:  # a bug: keep the server up, and say so
+            log.exception("housekeeping failed")
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = Engine(settings)
+        store = Store(os.path.join(settings.state_dir, "execbox.db"))
+        sessions = Sessions(store, session_config(settings))
+        sessions.prepare()  # before the zygotes start, so they see the workspaces' mounts
+        engine = Engine(settings, sessions)
         await engine.start()
         metrics.attach(engine)
+        execs = Executions(engine, store, record_caps(settings), callback_policy(settings))
         app.state.engine = engine
+        app.state.store = store
+        app.state.sessions = sessions
+        app.state.executions = execs
+        recovered = await execs.recover()
+        if any(recovered.values()):
+            log.warning("recovered executions after a restart: %s", recovered)
+        housekeeping = asyncio.get_running_loop().create_task(_housekeeping(store, sessions))
         try:
             yield
         finally:
+            housekeeping.cancel()
+            await execs.drain(timeout=5)
             metrics.detach(engine)
             await engine.close()
+            store.close()
 
     app = FastAPI(
         title="execbox",
@@ -82,6 +140,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(zeroboot.router)
     app.include_router(shared.router)
     app.include_router(executor.router)
+    app.include_router(records.router)
 
     @app.get("/swagger-ui", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:

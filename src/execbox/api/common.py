@@ -18,8 +18,10 @@ from execbox.api.middleware import BodyTooLarge
 from execbox.api.ratelimit import RateLimiter
 from execbox.config import Settings
 from execbox.engine import Engine
+from execbox.executions import Executions
 from execbox.jobs import Job, Outcome
 from execbox.runtimes import InvalidJob
+from execbox.sessions import Sessions
 
 try:
     VERSION = metadata.version("execbox")
@@ -85,13 +87,28 @@ def first_error(exc: ValidationError) -> str:
 
 
 async def run(request: Request, dialect: Dialect, job: Job) -> Outcome:
+    """Run a job of a dialect without ids of its own; its record is written off the
+    request's path."""
     try:
         outcome = await engine(request).run(job)
     except InvalidJob as exc:
         raise ApiError(400, str(exc), dialect) from None
+    audit(request, dialect, job, outcome)
+    await executions(request).record_only(job.id, dialect, job, outcome)
+    return outcome
+
+
+def audit(request: Request, dialect: Dialect, job: Job, outcome: Outcome) -> None:
     who: Identity = request.state.identity
     policy(request).audit.record(request.state.request_id, dialect, who, job, outcome)
-    return outcome
+
+
+def executions(request: Request) -> Executions:
+    return request.app.state.executions  # type: ignore[no-any-return]
+
+
+def sessions(request: Request) -> Sessions:
+    return request.app.state.sessions  # type: ignore[no-any-return]
 
 
 def text(data: bytes) -> str:

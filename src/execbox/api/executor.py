@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from execbox.api import common
 from execbox.api.errors import ApiError
-from execbox.jobs import Job, Outcome, Status
+from execbox.callbacks import CallbackRefused
+from execbox.jobs import Job, Status
 from execbox.runtimes import WORKDIR
+from execbox.sessions import SESSION_ID
 
 D = "executor"
 RUNTIME = {"python": "python", "javascript": "node", "shell": "bash"}
@@ -24,6 +26,7 @@ ISOLATION = "namespaces+seccomp"
 
 class ExecutorRequest(BaseModel):
     model_config = ConfigDict(
+        populate_by_name=True,
         json_schema_extra={
             "examples": [
                 {
@@ -52,20 +55,40 @@ class ExecutorRequest(BaseModel):
                     "timeout": 10,
                 },
             ]
-        }
+        },
     )
-    execution_id: str
-    session_id: str
+    execution_id: str = Field(min_length=1, max_length=128)
+    session_id: str = Field(pattern=SESSION_ID.pattern)
     code: str
     language: Literal["python", "javascript", "shell"]
     timeout: int = Field(300, ge=1, le=3600)
     event: dict[str, Any] | None = None
     env_vars: dict[str, str] = {}
+    run_async: bool = Field(
+        False, alias="async", description="answer 202 at once; poll GET /executions/{id}"
+    )
+    callback_url: str | None = Field(
+        None, description="POSTed the finished record, signed with HMAC-SHA256"
+    )
 
 
 class ExecutionMetrics(BaseModel):
     cpu_time_ms: float | None
     peak_memory_mb: float | None
+
+
+class HandlerError(BaseModel):
+    type: str
+    message: str
+    traceback: str
+
+
+class Artifact(BaseModel):
+    path: str
+    size: int
+    sha256: str | None
+    mime_type: str
+    created: bool
 
 
 class ExecutorResponse(BaseModel):
@@ -86,13 +109,17 @@ class ExecutorResponse(BaseModel):
         }
     )
     execution_id: str
-    status: Literal["completed", "failed", "timeout"]
+    session_id: str | None = None
+    status: Literal["pending", "running", "completed", "failed", "timeout", "interrupted"]
     message: str
-    stdout: str
-    stderr: str
-    exit_code: int | None
-    duration: float
-    metrics: ExecutionMetrics
+    stdout: str | None = None
+    stderr: str | None = None
+    exit_code: int | None = None
+    duration: float | None = None
+    metrics: ExecutionMetrics | None = None
+    return_value: Any = None
+    error: HandlerError | None = None
+    artifacts: list[Artifact] | None = None
 
 
 class ExecutorError(BaseModel):
@@ -132,49 +159,89 @@ MESSAGES = {
 
 def to_job(req: ExecutorRequest, request: Request) -> Job:
     settings = common.policy(request).settings
+    blocked = {n.upper() for n in settings.blocked_env_vars}
+    bad = [name for name in req.env_vars if name.upper() in blocked or "=" in name or not name]
+    if bad:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ["body", "env_vars", name],
+                    "msg": f"{name!r} cannot be set: it would subvert the runtime",
+                    "type": "value_error.env_var_blocked",
+                }
+                for name in bad
+            ]
+        )
     hi = settings.limits.maximum.wall_time_s
     if req.timeout > hi:
         raise ApiError(400, f"timeout: {req.timeout} is above this server's maximum of {hi:g}s", D)
     d = settings.limits.default
     cpu = min(max(d.cpu_time_s, req.timeout), settings.limits.maximum.cpu_time_s)
     limits = dataclasses.replace(d, wall_time_s=float(req.timeout), cpu_time_s=cpu)
-    # handler(event) semantics come later: for now the code runs as a script
     return Job(
         runtime=RUNTIME[req.language],
         code=req.code,
         env=dict(req.env_vars),
         limits=limits,
+        session=req.session_id,
+        event={} if req.event is None else req.event,
+        handler=True,
         id=req.execution_id,
     )
 
 
-def render(req: ExecutorRequest, job: Job, outcome: Outcome) -> dict[str, Any]:
-    status = outcome.status
-    if status is Status.SUCCESS:
-        word = "completed"
-    elif status is Status.TIMEOUT:
-        word = "timeout"
-    else:
-        word = "failed"
-    message = MESSAGES[status].format(
-        code=outcome.exit_code, signal=outcome.signal, timeout=req.timeout
+def message(result: dict[str, Any], timeout: float | None) -> str:
+    status = Status(result["status"])
+    err = result.get("handler_error")
+    if err:
+        return f"Execution failed: {err['type']}: {err['message']}"
+    if status is Status.INTERNAL_ERROR:
+        return f"Execution failed: internal error: {result.get('error')}"
+    return MESSAGES[status].format(
+        code=result["exit_code"], signal=result["signal"], timeout=f"{timeout:g}"
     )
-    u = outcome.usage
-    return {
-        "execution_id": req.execution_id,
-        "status": word,
-        "message": message,
-        "stdout": common.text(outcome.stdout),
-        "stderr": common.text(outcome.stderr),
-        "exit_code": outcome.exit_code,
-        "duration": round(outcome.timings.total_ms, 3),
-        "metrics": {
-            "cpu_time_ms": None if u.cpu_time_ns is None else round(u.cpu_time_ns / 1e6, 3),
-            "peak_memory_mb": None
-            if u.memory_peak_bytes is None
-            else round(u.memory_peak_bytes / (1 << 20), 3),
-        },
+
+
+def render_record(record: dict[str, Any]) -> dict[str, Any]:
+    """An execution record in this dialect's shape: the same for a synchronous answer,
+    a repeated execution_id and GET /executions/{id}."""
+    out: dict[str, Any] = {
+        "execution_id": record["id"],
+        "session_id": record["session_id"],
+        "status": record["status"],
+        "created_at": record["created_at"],
+        "started_at": record["started_at"],
+        "finished_at": record["finished_at"],
+        "callback_attempts": record["callback_attempts"],
     }
+    result = record.get("result")
+    if result is None:
+        out["message"] = record.get("error") or f"Execution {record['status']}"
+        return out
+    u = result["usage"]
+    timeout = record["request"]["limits"]["wall_time_s"]
+    out.update(
+        message=message(result, timeout),
+        stdout=result["stdout"],
+        stderr=result["stderr"],
+        exit_code=result["exit_code"],
+        duration=round(result["timings"]["total_ms"], 3),
+        metrics={
+            "cpu_time_ms": None if u["cpu_time_ns"] is None else round(u["cpu_time_ns"] / 1e6, 3),
+            "peak_memory_mb": None
+            if u["memory_peak_bytes"] is None
+            else round(u["memory_peak_bytes"] / (1 << 20), 3),
+        },
+        return_value=result["return_value"],
+        error=result["handler_error"],
+        artifacts=result["artifacts"],
+    )
+    return out
+
+
+def wants_async(request: Request, req: ExecutorRequest) -> bool:
+    prefer = request.headers.get("prefer", "")
+    return req.run_async or "respond-async" in [p.strip() for p in prefer.split(",")]
 
 
 async def handle(request: Request, data: dict[str, Any]) -> JSONResponse:
@@ -187,10 +254,22 @@ async def handle(request: Request, data: dict[str, Any]) -> JSONResponse:
         ]
         raise RequestValidationError(errors) from None
     job = to_job(req, request)
-    outcome = await common.run(request, D, job)
-    if outcome.status is Status.INTERNAL_ERROR:
-        raise ApiError(500, f"Internal server error: {outcome.error}", D)
-    return JSONResponse(render(req, job, outcome))
+    execs = common.executions(request)
+    if wants_async(request, req):
+        try:
+            record, _ = await execs.submit(req.execution_id, D, job, req.callback_url)
+        except CallbackRefused as exc:
+            raise ApiError(400, str(exc), D) from None
+        body = render_record(record)
+        return JSONResponse(body, status_code=202 if record["result"] is None else 200)
+    if req.callback_url:
+        raise ApiError(400, "callback_url: only with an asynchronous run", D)
+    outcome, record = await execs.run(req.execution_id, D, job)
+    if outcome is not None:
+        common.audit(request, D, job, outcome)
+        if outcome.status is Status.INTERNAL_ERROR:
+            raise ApiError(500, f"Internal server error: {outcome.error}", D)
+    return JSONResponse(render_record(record))
 
 
 router = APIRouter(tags=["Sandbox Executor"])
@@ -204,6 +283,6 @@ async def info(request: Request) -> JSONResponse:
             "platform": platform.system(),
             "isolation": ISOLATION,
             "workspace_path": WORKDIR,
-            "active_executions": common.engine(request).stats.running,
+            "active_executions": common.executions(request).active,
         }
     )

@@ -131,6 +131,23 @@ class CgroupDriver:
         cg = Cgroup(self.version, paths)
         return cg
 
+    def sweep_dead_servers(self) -> int:
+        """Remove execbox/<pid> trees of servers that are gone (killed with SIGKILL, say):
+        their sandboxes' cgroups, and anything still running in them."""
+        removed = 0
+        for root in self._dirs():
+            parent = os.path.dirname(root)  # .../execbox
+            if not os.path.isdir(parent):
+                continue
+            for name in os.listdir(parent):
+                if not name.isdigit() or os.path.exists(f"/proc/{name}"):
+                    continue
+                tree = os.path.join(parent, name)
+                for dirpath, _dirs, _files in sorted(os.walk(tree), key=lambda w: -len(w[0])):
+                    Cgroup(self.version, {"x": dirpath}).destroy()
+                    removed += 1
+        return removed
+
     def sweep(self) -> int:
         """Kill and remove every cgroup left below our prefix (after a crash)."""
         removed = 0
