@@ -13,12 +13,14 @@ HOST        ?= 127.0.0.1
 PORT        ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps serve test lint format bench doctor clean
+.PHONY: help install system-deps serve test lint format bench soak fuzz doctor clean
 
 help:
 	@echo "make serve   install what is missing, then start execbox on $(HOST):$(PORT)"
 	@echo "make test    install what is missing, then ruff and the whole test suite"
 	@echo "make bench   latency and throughput against bubblewrap and cold starts"
+	@echo "make soak    10 minutes of mixed load; fails if the server or host leaks"
+	@echo "make fuzz    schemathesis and the path fuzzers with a large budget"
 	@echo "make doctor  what this host allows"
 
 install: system-deps $(VENV)/.installed $(RUNTIME)/.installed
@@ -62,6 +64,15 @@ test: install lint
 
 bench: install
 	$(VENV)/bin/python bench/engine.py
+
+# 10 minutes of mixed normal and abusive load against a real server; fails on growth
+soak: install
+	$(VENV)/bin/python bench/soak.py --seconds $${SOAK_SECONDS:-600}
+
+# schemathesis over the whole OpenAPI document and the path fuzzers, with a larger budget
+fuzz: install
+	EXECBOX_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(VENV)/bin/python -m pytest -q \
+	  tests/conformance/test_schemathesis.py tests/fuzz
 
 doctor: install
 	$(VENV)/bin/execbox doctor

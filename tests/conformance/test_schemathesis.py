@@ -3,6 +3,7 @@ response conforms to the schema it documents."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -15,6 +16,8 @@ from execbox.api.app import create_app
 from tests.api.support import base_settings
 
 CHECKS = [not_a_server_error, response_schema_conformance]
+# `make fuzz` raises the budget; `make test` keeps it small
+EXAMPLES = int(os.environ.get("EXECBOX_FUZZ_EXAMPLES", "25"))
 # the document does not depend on a running engine, so it can be read at collection time
 SCHEMA = schemathesis.openapi.from_dict(create_app(base_settings()).openapi())
 OPERATIONS = {op.ok().label: op.ok() for op in SCHEMA.get_all_operations()}
@@ -47,7 +50,7 @@ def test_every_operation_is_covered() -> None:
 @pytest.mark.parametrize("label", sorted(OPERATIONS))
 def test_operation(client: TestClient, label: str) -> None:
     @given(case=OPERATIONS[label].as_strategy())
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
     def run(case: Any) -> None:
         send(client, case)
 

@@ -14,6 +14,7 @@ from execbox import sessions
 from execbox.runtimes import InvalidJob, check_relative_path
 from execbox.sandbox import safepath
 
+EXAMPLES = int(os.environ.get("EXECBOX_FUZZ_EXAMPLES", "25"))
 PARTS = st.sampled_from(["a", "b", "..", ".", "", "link", "up", "etc", "x y", "\x00", "€"])
 PATHS = st.one_of(
     st.text(max_size=40),
@@ -23,7 +24,7 @@ PATHS = st.one_of(
 
 
 @given(PATHS)
-@settings(max_examples=400)
+@settings(max_examples=EXAMPLES * 16)
 def test_job_file_names_never_escape_the_workdir(path: str) -> None:
     try:
         norm = check_relative_path(path)
@@ -36,7 +37,7 @@ def test_job_file_names_never_escape_the_workdir(path: str) -> None:
 
 
 @given(PATHS)
-@settings(max_examples=400)
+@settings(max_examples=EXAMPLES * 16)
 def test_session_file_paths_are_plain_relative_paths(path: str) -> None:
     try:
         rel = sessions.resolve_rel(path)
@@ -65,7 +66,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 @given(PATHS)
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=EXAMPLES * 12, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_reads_below_a_workspace_never_leave_it(planted: tuple[str, str], path: str) -> None:
     root, _ = planted
     try:
@@ -77,7 +78,7 @@ def test_reads_below_a_workspace_never_leave_it(planted: tuple[str, str], path: 
 
 
 @given(PATHS)
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=EXAMPLES * 12, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_writes_below_a_workspace_never_leave_it(planted: tuple[str, str], path: str) -> None:
     root, outside = planted
     with contextlib.suppress(OSError, ValueError):
