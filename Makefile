@@ -6,7 +6,9 @@ SHELL := /bin/bash
 
 PYTHON      ?= /usr/bin/python3
 VENV        := .venv
-RUNTIME     := .runtime/python
+# outside the checkout on purpose: sandboxes see it at the same path, and a checkout may
+# live under /tmp, which every sandbox covers with its own
+RUNTIME     := /opt/execbox/python
 APT_PKGS    := python3 python3-venv python3-dev nodejs bash libseccomp2 bubblewrap iproute2 procps
 NUMPY       := numpy==2.4.6
 HOST        ?= 127.0.0.1
@@ -23,7 +25,7 @@ help:
 	@echo "make fuzz    schemathesis and the path fuzzers with a large budget"
 	@echo "make doctor  what this host allows"
 
-install: system-deps $(VENV)/.installed $(RUNTIME)/.installed
+install: system-deps $(VENV)/.installed $(RUNTIME)/.installed-$(NUMPY)
 
 # Debian packages, installed only when one is missing (apt-get update only then, too).
 system-deps:
@@ -42,8 +44,9 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	@touch $@
 
 # The interpreter sandboxes run: Debian's python3 (all under /usr, which the sandbox
-# root already binds) with numpy in its own venv.
-$(RUNTIME)/.installed: Makefile | system-deps
+# root already binds) with numpy in its own venv. The stamp names the numpy pin, so a
+# new pin reinstalls.
+$(RUNTIME)/.installed-$(NUMPY): | system-deps
 	@test -x $(RUNTIME)/bin/python || $(PYTHON) -m venv $(RUNTIME)
 	$(RUNTIME)/bin/pip install -q --disable-pip-version-check $(NUMPY)
 	@touch $@
@@ -78,4 +81,4 @@ doctor: install
 	$(VENV)/bin/execbox doctor
 
 clean:
-	rm -rf $(VENV) .runtime .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -56,7 +56,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     # the interpreter of the runtime environment sandboxes use (numpy is installed there)
-    runtime_python: str = str(REPO_ROOT / ".runtime" / "python" / "bin" / "python")
+    runtime_python: str = "/opt/execbox/python/bin/python"
     node: str = "/usr/bin/node"
     bash: str = "/usr/bin/bash"
     max_concurrency: int = 16

@@ -28,6 +28,8 @@ SANDBOX_UID = 1000
 SANDBOX_GID = 1000
 WORKDIR = "/workspace"
 DEVICES = ("null", "zero", "random", "urandom")
+# what every sandbox mounts afresh, hiding whatever the root had there
+PRIVATE_DIRS = ("/tmp", WORKDIR, "/proc", "/dev", "/var/tmp", "/run/lock")
 # Files copied from the host's /etc: what the dynamic linker, libc and the runtimes read.
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "localtime", "mime.types", "nsswitch.conf")
 PASSWD = (
@@ -66,6 +68,13 @@ def build_root(root: str, ro_paths: list[str]) -> None:
         path = os.path.realpath(path)
         if path.startswith("/usr/") or not os.path.isdir(path):
             continue
+        private = next((p for p in PRIVATE_DIRS if path == p or path.startswith(p + "/")), None)
+        if private:
+            raise RuntimeError(
+                f"{path} cannot be shown to sandboxes: each sandbox mounts its own {private} "
+                "over it; install the runtime environment elsewhere (make install uses "
+                "/opt/execbox/python)"
+            )
         dst = os.path.join(root, path.lstrip("/"))
         os.makedirs(dst, exist_ok=True)
         _bind_ro(path, dst)
