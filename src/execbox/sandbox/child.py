@@ -57,6 +57,7 @@ class ChildSpec:
     cgroup_procs: list[str] = field(default_factory=list)
     workspace: str | None = None  # a session's workspace on the host, bound at /workspace
     landlock_abi: int = 0
+    runtime: str = ""
     hostname: str = "sandbox"
 
 
@@ -141,11 +142,12 @@ def _write_files(files: list[dict]) -> None:
             os.close(fd)
 
 
-def run_job() -> int:
+def run_job(spec: ChildSpec) -> int:
     """Read the job from the engine and run it. Returns an exit status or never returns."""
+    main = python_inproc.prepare() if spec.runtime == "python" else None
+    os.environ.clear()
     os.write(READY_FD, b"R")
     job = _read_job()
-    os.environ.clear()
     os.environ.update(job["env"])
     _write_files(job.get("files", []))
     if job.get("programs"):
@@ -160,7 +162,7 @@ def run_job() -> int:
         os.close(READY_FD)
         if handler is None:
             os.close(RESULT_FD)
-        return python_inproc.run(job["code"], handler=handler, result_fd=RESULT_FD)
+        return python_inproc.run(job["code"], main, handler=handler, result_fd=RESULT_FD)
     if handler is not None:
         os.dup2(RESULT_FD, JOB_FD, inheritable=True)  # the wrapper writes its result to fd 3
     os.close(RESULT_FD)
@@ -206,7 +208,7 @@ def main(spec: ChildSpec, sync_fd: int, fds: tuple[int, ...]) -> None:
         except BaseException as exc:
             os.write(READY_FD, f"E{type(exc).__name__}: {exc}".encode()[:4000])
             os._exit(EXIT_SETUP_FAILED)
-        status = run_job()
+        status = run_job(spec)
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else EXIT_SETUP_FAILED
     except BaseException:

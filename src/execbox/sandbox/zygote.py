@@ -94,6 +94,7 @@ class Zygote:
     pool: deque[str] = field(default_factory=deque)  # not yet taken, oldest first
     seq: int = 0
     landlock_abi: int = 0
+    engine_gone: bool = False
 
     # ---- creating sandboxes -------------------------------------------------------------
 
@@ -149,6 +150,7 @@ class Zygote:
             cgroup_procs=cg.procs_files(),
             workspace=session["dir"] if session else None,
             landlock_abi=self.landlock_abi,
+            runtime=self.cfg.runtime,
         )
         try:
             pid = libc.clone(CLONE_FLAGS)
@@ -213,7 +215,10 @@ class Zygote:
     # ---- serving the engine ------------------------------------------------------------
 
     def report(self, msg: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
-        protocol.send(self.sock, msg, fds)
+        try:
+            protocol.send(self.sock, msg, fds)
+        except (BrokenPipeError, ConnectionResetError):
+            self.engine_gone = True  # the loop shuts down when it sees the socket close
 
     def take(self, msg: dict[str, Any]) -> None:
         t0 = time.monotonic()
