@@ -121,6 +121,7 @@ class Engine:
             work_bytes=s.limits.default.workdir_bytes,
             default_memory_bytes=s.limits.default.memory_bytes,
             default_pids=s.limits.default.pids,
+            prestart=[self.paths.node, "-e", runtimes.NODE_PRELUDE] if runtime == "node" else None,
         )
 
     async def start(self) -> None:

@@ -58,3 +58,37 @@ def test_nothing_left_behind_after_a_burst(engine) -> None:
     time.sleep(0.5)
     names = {p.rsplit("/", 1)[1] for p in _cgroups_below(sup.launch.cgroup_prefix)}
     assert len(names) <= max(sup.pool_size, sup.pool_target) + 1, names
+
+
+def test_prestarted_node_behaves_like_a_fresh_node(engine) -> None:
+    code = (
+        "const fs = require('fs');\n"
+        "console.log(JSON.stringify({cwd: process.cwd(), argv: process.argv.slice(1),"
+        " env: process.env.GREETING, keys: Object.keys(process.env).includes('HOME'),"
+        " main: require.main === module, fds: fs.readdirSync('/proc/self/fd').length}));"
+    )
+    for _ in range(3):  # pooled, prestarted sandboxes each time
+        out = engine.run(Job(runtime="node", code=code, env={"GREETING": "hi"}))
+        assert out.status is Status.SUCCESS, out.stderr
+        res = __import__("json").loads(out.stdout)
+        assert res["cwd"] == "/workspace" and res["env"] == "hi" and res["main"] is True
+        assert res["argv"] == ["/tmp/.execbox/main.js"] and res["keys"] is True
+        time.sleep(0.1)
+
+
+def test_prestarted_node_gets_the_jobs_limits_and_is_not_billed_for_its_start(engine) -> None:
+    time.sleep(0.3)  # a warm, prestarted sandbox
+    out = engine.run(
+        Job(
+            runtime="node",
+            code="const f = []; for (let i = 0; i < 100; i++) "
+            "f.push(require('fs').openSync('/dev/null'))",
+            limits=make_limits(fds=48),
+        )
+    )
+    assert out.status is Status.FAILURE and b"EMFILE" in out.stderr
+    time.sleep(0.3)
+    out = engine.run(Job(runtime="node", code="console.log(1)"))
+    assert out.pool_hit and out.status is Status.SUCCESS
+    # Node's own start costs ~30 ms of cpu; it ran before the job and is not counted
+    assert out.usage.cpu_time_ns < 20_000_000, out.usage

@@ -16,6 +16,7 @@ from execbox.jobs import Job, Limits
 
 CODE_DIR = "/tmp/.execbox"
 NODE_HANDLER = (Path(__file__).with_name("node_handler.js")).read_text()
+NODE_PRELUDE = (Path(__file__).with_name("node_prelude.js")).read_text()
 WORKDIR = "/workspace"
 
 # Which zygote (and pool) serves each runtime. `command` execs an arbitrary argv, so it

@@ -250,6 +250,19 @@ class Cgroup:
         s.cpu_system_ns = _int(_read(acct("cpuacct.usage_sys")))
         return s
 
+    def reset_counters(self) -> None:
+        """Zero the peak memory and the cpu usage (cgroup v1 allows it), so the job is not
+        billed for what the sandbox did while it waited in the pool."""
+        if self.version == 1:
+            for ctrl, file in (
+                ("memory", "memory.max_usage_in_bytes"),
+                ("cpuacct", "cpuacct.usage"),
+            ):
+                path = self._path(ctrl, file)
+                if path:
+                    with contextlib.suppress(OSError):
+                        _write(path, "0")
+
     def pids_current(self) -> int | None:
         return _int(_read(self._path("pids", "pids.current") or ""))
 

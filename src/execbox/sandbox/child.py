@@ -58,6 +58,7 @@ class ChildSpec:
     workspace: str | None = None  # a session's workspace on the host, bound at /workspace
     landlock_abi: int = 0
     runtime: str = ""
+    prestart: list[str] | None = None  # an interpreter to start while waiting in the pool
     hostname: str = "sandbox"
 
 
@@ -146,6 +147,7 @@ def run_job(spec: ChildSpec) -> int:
     """Read the job from the engine and run it. Returns an exit status or never returns."""
     main = python_inproc.prepare() if spec.runtime == "python" else None
     os.environ.clear()
+    warm = _prestart(spec.prestart) if spec.prestart else None
     os.write(READY_FD, b"R")
     job = _read_job()
     os.environ.update(job["env"])
@@ -163,10 +165,44 @@ def run_job(spec: ChildSpec) -> int:
         if handler is None:
             os.close(RESULT_FD)
         return python_inproc.run(job["code"], main, handler=handler, result_fd=RESULT_FD)
+    if warm is not None:
+        return _run_warm(*warm, job)
     if handler is not None:
         os.dup2(RESULT_FD, JOB_FD, inheritable=True)  # the wrapper writes its result to fd 3
     os.close(RESULT_FD)
     return _init(job["argv"], job["env"])
+
+
+def _prestart(argv: list[str]) -> tuple[int, int]:
+    """Start the interpreter before the job exists (Node takes ~30 ms to start). It gets
+    the result channel as fd 3 and waits for the job on fd 4; see node_prelude.js."""
+    libc.prctl(PR_SET_DUMPABLE, 0)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
+    pid = os.posix_spawn(
+        argv[0],
+        argv,
+        env,
+        file_actions=[(os.POSIX_SPAWN_DUP2, RESULT_FD, 3), (os.POSIX_SPAWN_DUP2, r, 4)],
+        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+    )
+    os.close(r)
+    return pid, w
+
+
+def _run_warm(pid: int, job_w: int, job: dict) -> int:
+    """Hand the job to the interpreter started ahead of time, with the job's limits."""
+    for name, value in job["rlimits"].items():
+        resource.prlimit(pid, RLIMITS[name], (value, value))
+    msg = {k: job.get(k) for k in ("env", "argv", "cwd")}
+    msg["handler"] = job.get("handler") is not None
+    data = memoryview(json.dumps(msg).encode())
+    with contextlib.suppress(OSError):  # it may have died already: its status says why
+        while data:
+            data = data[os.write(job_w, data) :]
+    os.close(job_w)
+    os.close(RESULT_FD)
+    return _wait_for(pid)
 
 
 def _init(argv: list[str], env: dict[str, str]) -> int:
@@ -185,6 +221,11 @@ def _init(argv: list[str], env: dict[str, str]) -> int:
     except OSError as exc:
         os.write(2, f"execbox: cannot run {argv[0]}: {exc.strerror}\n".encode())
         return EXIT_EXEC_FAILED
+    return _wait_for(pid)
+
+
+def _wait_for(pid: int) -> int:
+    """Reap everything until `pid` ends; report its real wait status to the zygote."""
     while True:
         try:
             done, status = os.waitpid(-1, 0)

@@ -49,6 +49,7 @@ class ZygoteLaunch:
     work_bytes: int
     default_memory_bytes: int
     default_pids: int
+    prestart: list[str] | None = None
 
 
 @dataclass

@@ -56,6 +56,7 @@ class ZygoteConfig:
     work_bytes: int
     default_memory_bytes: int
     default_pids: int
+    prestart: list[str] | None = None
 
 
 @dataclass
@@ -151,6 +152,7 @@ class Zygote:
             workspace=session["dir"] if session else None,
             landlock_abi=self.landlock_abi,
             runtime=self.cfg.runtime,
+            prestart=self.cfg.prestart,
         )
         try:
             pid = libc.clone(CLONE_FLAGS)
@@ -253,6 +255,10 @@ class Zygote:
             if wanted != box.limits:
                 box.cgroup.set_limits(wanted)
                 box.limits = wanted
+            # what the sandbox used while it waited (an interpreter's start) is not the job's;
+            # without a prestart this was done when it became ready, off the request path
+            if self.cfg.prestart:
+                box.cgroup.reset_counters()
             box.cpu_limit_ns = lim.get("cpu_limit_ns")
             box.pids_peak = 1  # the sandbox's own pid 1 exists at hand-over
         except OSError as exc:
@@ -295,6 +301,7 @@ class Zygote:
             if data.startswith(b"R"):
                 box.ready = True
                 box.ready_at = time.monotonic()
+                box.cgroup.reset_counters()  # its setup is not the job's
                 data = data[1:]
                 if box.session is None:
                     self.report(
