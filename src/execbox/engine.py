@@ -65,6 +65,11 @@ AUTOSCALE_TICK_S = 0.25
 IDLE_AFTER_S = 2.0
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 def pool_target(z: Supervisor, now: float, floor: int, ceiling: int) -> int:
     """How many ready sandboxes a zygote should keep: enough for the sandboxes in flight and
     for the takes expected while one refill runs (twice over), between floor and ceiling.
@@ -274,6 +279,7 @@ class Engine:
                     "memory_bytes": job.limits.memory_bytes,
                     "pids": job.limits.pids,
                     "cpu_limit_ns": int(job.limits.cpu_time_s * 1e9),
+                    "fds": job.limits.fds,
                 },
                 session,
             )
@@ -304,6 +310,7 @@ class Engine:
             read_capped(lease.stderr_fd, cap, over_cap),
             read_capped(lease.result_fd, max(cap, RESULT_CAP), lambda: None),
         )
+        readers.add_done_callback(_retrieve)  # cancelled on some paths: nothing to log then
         feed = asyncio.ensure_future(self._feed(lease, payload, runtimes.stdin_for(job)))
         try:
             exit_msg = await asyncio.wait_for(asyncio.shield(lease.exited), limits.wall_time_s)
@@ -367,6 +374,7 @@ class Engine:
             memory_peak_bytes=cg.get("memory_peak_bytes"),
             memory_current_bytes=cg.get("memory_current_bytes"),
             process_count=msg.get("pids_peak"),
+            file_descriptors=msg.get("fds_peak"),
             io_read_bytes=(msg.get("io") or {}).get("rchar"),
             io_write_bytes=(msg.get("io") or {}).get("wchar"),
         )
@@ -386,6 +394,7 @@ class Engine:
             cpu_limit_ns=int(job.limits.cpu_time_s * 1e9),
             cpu_killed=bool(msg.get("cpu_killed")),
             pids_limit_hits=cg.get("pids_limit_hits") or 0,
+            fds_exceeded=bool(msg.get("fds_hit")),
         )
         value, handler_error = _handler_result(job, captured.result)
         status = derive(evidence)

@@ -22,6 +22,7 @@ class Status(enum.StrEnum):
     PROCESS_LIMIT = "process_limit"  # pids.max refused a fork
     OUTPUT_LIMIT = "output_limit"  # stdout or stderr passed the cap
     FILE_SIZE_LIMIT = "file_size_limit"  # RLIMIT_FSIZE refused a write
+    FD_LIMIT = "fd_limit"  # RLIMIT_NOFILE refused a file descriptor
     INTERNAL_ERROR = "internal_error"  # execbox failed, not the code
 
 

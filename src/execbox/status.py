@@ -9,9 +9,11 @@ Precedence, when several fire at once (the first that holds wins):
 5. cpu_limit       SIGXCPU, or SIGKILL with cpu usage at the limit (RLIMIT_CPU's hard kill)
 6. file_size_limit SIGXFSZ, or the code failed after a write hit RLIMIT_FSIZE
 7. process_limit   pids.max refused a fork and the code did not succeed
-8. signaled        another signal ended it
-9. failure         non-zero exit
-10. success        exit 0
+8. fd_limit        a process filled its fd table (RLIMIT_NOFILE) and the code did not
+                   succeed
+9. signaled        another signal ended it
+10. failure        non-zero exit
+11. success        exit 0
 
 The engine's own kills come first because they are what ended the run: a sandbox the
 engine killed at the wall clock may also show a process that the OOM killer hit earlier.
@@ -38,6 +40,7 @@ class Evidence:
     cpu_killed: bool = False  # the zygote killed it for the cgroup's cpu usage
     pids_limit_hits: int = 0
     file_size_exceeded: bool = False
+    fds_exceeded: bool = False
 
 
 def cpu_exhausted(ev: Evidence) -> bool:
@@ -64,6 +67,8 @@ def exceeded(ev: Evidence) -> frozenset[str]:
         flags.add("processes")
     if ev.signal == signal.SIGXFSZ or ev.file_size_exceeded:
         flags.add("file_size")
+    if ev.fds_exceeded:
+        flags.add("fds")
     return frozenset(flags)
 
 
@@ -83,6 +88,8 @@ def derive(ev: Evidence) -> Status:
         return Status.FILE_SIZE_LIMIT
     if ev.pids_limit_hits > 0 and not succeeded:
         return Status.PROCESS_LIMIT
+    if ev.fds_exceeded and not succeeded:
+        return Status.FD_LIMIT
     if ev.signal is not None:
         return Status.SIGNALED
     if ev.exit_code != 0:

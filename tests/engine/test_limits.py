@@ -50,11 +50,21 @@ def test_fork_loop_gives_process_flag(engine) -> None:
     assert b"BlockingIOError" in out.stderr
 
 
-def test_fd_loop_is_stopped_by_nofile(engine) -> None:
+def test_fd_loop_gives_the_fd_flag(engine) -> None:
     code = "fs = []\nwhile True:\n    fs.append(open('/dev/null'))"
     out = engine.py(code, fds=32)
-    assert out.status is Status.FAILURE
+    assert out.status is Status.FD_LIMIT and "fds" in out.exceeded
     assert b"Too many open files" in out.stderr
+    assert out.usage.file_descriptors >= 30
+    # an exec'd program that fills its fd table and keeps going is seen by the sampling
+    hold = (
+        "import time\nfs = []\ntry:\n    while True:\n        fs.append(open('/dev/null'))\n"
+        "except OSError:\n    time.sleep(0.3)\n    raise"
+    )
+    job = Job(runtime="command", argv=["python", "-c", hold], limits=make_limits(fds=16))
+    out = engine.run(job)
+    assert out.status is Status.FD_LIMIT and "fds" in out.exceeded, out
+    assert out.usage.file_descriptors == 16
 
 
 def test_print_flood_gives_output_flag_with_stdout_exactly_at_cap(engine) -> None:
@@ -159,6 +169,8 @@ TABLE = [
     (Evidence(signal=signal.SIGXFSZ), Status.FILE_SIZE_LIMIT),
     (Evidence(exit_code=1, pids_limit_hits=3), Status.PROCESS_LIMIT),
     (Evidence(exit_code=0, pids_limit_hits=3), Status.SUCCESS),  # it coped with the refusal
+    (Evidence(exit_code=1, fds_exceeded=True), Status.FD_LIMIT),
+    (Evidence(exit_code=1, pids_limit_hits=1, fds_exceeded=True), Status.PROCESS_LIMIT),
     (Evidence(signal=KILL, cpu_time_ns=10, cpu_limit_ns=2_000_000_000), Status.SIGNALED),
     # several at once: precedence
     (Evidence(signal=KILL, timed_out=True, oom_kills=1, pids_limit_hits=2), Status.TIMEOUT),

@@ -154,6 +154,7 @@ MESSAGES = {
     Status.PROCESS_LIMIT: "Execution failed: process limit exceeded",
     Status.OUTPUT_LIMIT: "Execution failed: output limit exceeded",
     Status.FILE_SIZE_LIMIT: "Execution failed: file size limit exceeded",
+    Status.FD_LIMIT: "Execution failed: open file limit exceeded",
 }
 
 

@@ -39,6 +39,7 @@ STATUS: dict[Status, FaberStatus] = {
     Status.PROCESS_LIMIT: "ResourceLimitExceeded",
     Status.OUTPUT_LIMIT: "ResourceLimitExceeded",
     Status.FILE_SIZE_LIMIT: "ResourceLimitExceeded",
+    Status.FD_LIMIT: "ResourceLimitExceeded",
     Status.SIGNALED: "Failure",
     Status.INTERNAL_ERROR: "Failure",
 }

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import inspect
 import io
 import json
 import os
 import sys
 import threading
+import time
 import traceback
 import types
 from typing import Any
+
+FD_EVIDENCE_S = 0.12  # over two of the zygote's sampling periods
 
 
 def _stream(fd: int, mode: str, line_buffering: bool) -> io.TextIOWrapper:
@@ -129,6 +133,7 @@ def run(
     status; never raises. The handler's result goes to `result_fd`, never to stdout."""
     main = main or prepare(filename)
     status = 0
+    emfile = False
     result: dict[str, Any] | None = None
     try:
         compiled = compile(code, filename, "exec")
@@ -142,6 +147,7 @@ def run(
         # drop our own frame so the traceback starts at the user's code, as python -c does
         traceback.print_exception(type(exc), exc, tb.tb_next if tb else None)
         status = 1
+        emfile = _caused_by_emfile(exc)
         if handler is not None:
             result = {"ok": False, "error": _error(exc, tb.tb_next if tb else None)}
     if handler is not None:
@@ -156,7 +162,22 @@ def run(
         except BaseException:
             if status == 0:
                 status = 120  # what CPython exits with when it cannot flush stdout
+    if emfile:
+        # The kernel counts EMFILE nowhere. Keep the full fd table open a little longer,
+        # so the zygote's 50 ms sampling sees it: that is the evidence of the fd limit.
+        time.sleep(FD_EVIDENCE_S)
     return status
+
+
+def _caused_by_emfile(exc: BaseException | None) -> bool:
+    """Did the kernel refuse a file descriptor (EMFILE) anywhere in this exception chain?"""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def exit_with(status: int) -> None:

@@ -148,7 +148,7 @@ def run_job(spec: ChildSpec) -> int:
     main = python_inproc.prepare() if spec.runtime == "python" else None
     os.environ.clear()
     warm = _prestart(spec.prestart) if spec.prestart else None
-    os.write(READY_FD, b"R")
+    os.write(READY_FD, b"R\n")
     job = _read_job()
     os.environ.update(job["env"])
     _write_files(job.get("files", []))
@@ -233,7 +233,7 @@ def _wait_for(pid: int) -> int:
             return EXIT_SETUP_FAILED
         if done == pid:
             break
-    os.write(READY_FD, b"S%d" % status)
+    os.write(READY_FD, b"S%d\n" % status)
     return os.waitstatus_to_exitcode(status) & 0xFF
 
 
@@ -247,7 +247,10 @@ def main(spec: ChildSpec, sync_fd: int, fds: tuple[int, ...]) -> None:
         try:
             setup(spec)
         except BaseException as exc:
-            os.write(READY_FD, f"E{type(exc).__name__}: {exc}".encode()[:4000])
+            os.write(
+                READY_FD,
+                f"E{type(exc).__name__}: {exc}".encode()[:4000].replace(b"\n", b" ") + b"\n",
+            )
             os._exit(EXIT_SETUP_FAILED)
         status = run_job(spec)
     except SystemExit as exc:

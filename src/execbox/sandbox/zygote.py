@@ -79,6 +79,10 @@ class Sandbox:
     cpu_killed: bool = False
     pids_peak: int = 0
     program_status: int | None = None
+    channel: bytes = b""
+    fds_peak: int = 0
+    fds_hit: bool = False
+    nofile: int | None = None
     session: dict[str, Any] | None = None
     spawn_ms: float = 0.0
 
@@ -260,6 +264,7 @@ class Zygote:
             if self.cfg.prestart:
                 box.cgroup.reset_counters()
             box.cpu_limit_ns = lim.get("cpu_limit_ns")
+            box.nofile = lim.get("fds")
             box.pids_peak = 1  # the sandbox's own pid 1 exists at hand-over
         except OSError as exc:
             self.report({"op": "error", "req": msg["req"], "error": f"cgroup limits: {exc}"})
@@ -288,8 +293,8 @@ class Zygote:
             signal.pidfd_send_signal(box.pidfd, signal.SIGKILL)
 
     def on_ready(self, sid: str) -> None:
-        """The sandbox's own channel: "R" when ready, "E<why>" when setup failed, and
-        "S<wait status>" from its init when the program it ran has ended."""
+        """The sandbox's own channel, one message a line: "R" when ready, "E<why>" when
+        setup failed, and "S<wait status>" from its init when the program ended."""
         box = self.live[sid]
         while True:
             try:
@@ -298,26 +303,34 @@ class Zygote:
                 return
             if not data:
                 break
-            if data.startswith(b"R"):
-                box.ready = True
-                box.ready_at = time.monotonic()
-                box.cgroup.reset_counters()  # its setup is not the job's
-                data = data[1:]
-                if box.session is None:
-                    self.report(
-                        {
-                            "op": "ready",
-                            "setup_ms": (box.ready_at - box.created) * 1000,
-                            "pool": len(self.pool),
-                        }
-                    )
-            if data.startswith(b"E"):
-                box.setup_error = data[1:].decode(errors="replace")
-            elif data.startswith(b"S") and data[1:].isdigit():
-                box.program_status = int(data[1:])
+            box.channel += data
+            while b"\n" in box.channel:
+                line, box.channel = box.channel.split(b"\n", 1)
+                self._sandbox_message(box, line)
         self.sel.unregister(box.ready_fd)
         os.close(box.ready_fd)
         box.ready_fd = -1
+
+    def _sandbox_message(self, box: Sandbox, line: bytes) -> None:
+        kind, body = line[:1], line[1:]
+        if kind == b"R" and not box.ready:
+            box.ready = True
+            box.ready_at = time.monotonic()
+            box.cgroup.reset_counters()  # its setup is not the job's
+            if box.session is None:
+                self.report(
+                    {
+                        "op": "ready",
+                        "setup_ms": (box.ready_at - box.created) * 1000,
+                        "pool": len(self.pool),
+                    }
+                )
+        elif kind == b"E":
+            box.setup_error = body.decode(errors="replace")
+        elif kind == b"S" and body.isdigit() and self.cfg.runtime != "python":
+            # only an init sends this; a Python sandbox's code could reach the channel, so
+            # its word is never taken for an exit status
+            box.program_status = int(body)
 
     def on_exit(self, sid: str) -> None:
         if self.live[sid].ready_fd >= 0:  # collect its last words first
@@ -356,6 +369,8 @@ class Zygote:
             "io": io,
             "pids_peak": box.pids_peak if box.taken else None,
             "cpu_killed": box.cpu_killed,
+            "fds_peak": box.fds_peak if box.taken and box.fds_peak else None,
+            "fds_hit": box.fds_hit,
             "pool": len(self.pool),
         }
         self.report(msg)
@@ -414,11 +429,24 @@ class Zygote:
             cur = box.cgroup.pids_current()
             if cur is not None and cur > box.pids_peak:
                 box.pids_peak = cur
+            self._sample_fds(box)
             if box.cpu_limit_ns and not box.cpu_killed:
                 used = box.cgroup.cpu_usage_ns()
                 if used is not None and used >= box.cpu_limit_ns:
                     box.cpu_killed = True
                     self.kill(box)
+
+    def _sample_fds(self, box: Sandbox) -> None:
+        """The open-fd count of the sandbox's processes (RLIMIT_NOFILE is per process):
+        its peak, and whether one of them filled its table."""
+        for pid in box.cgroup.pids()[:16]:
+            try:
+                n = len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:
+                continue
+            box.fds_peak = max(box.fds_peak, n)
+            if box.nofile and n >= box.nofile:
+                box.fds_hit = True
 
     def _release_uid(self, uid: int, session: dict[str, Any] | None) -> None:
         if session is None:  # session uids belong to the session, not to this zygote
