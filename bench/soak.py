@@ -11,6 +11,7 @@ It prints throughput and error counts. Requests go to 127.0.0.1 only, bounded in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import secrets
@@ -64,7 +65,7 @@ class Sample:
     fds: int
     threads: int
     rss_kb: int
-    host_procs: int
+    sandbox_procs: int
     cgroups: int
 
 
@@ -80,9 +81,18 @@ def sample(pid: int) -> Sample:
         fds=len(os.listdir(f"/proc/{pid}/fd")),
         threads=int(status["Threads"]),
         rss_kb=int(status["VmRSS"].split()[0]),
-        host_procs=sum(1 for p in os.listdir("/proc") if p.isdigit()),
+        sandbox_procs=_procs_below(f"/sys/fs/cgroup/pids/execbox/{pid}"),
         cgroups=cgroups,
     )
+
+
+def _procs_below(tree: str) -> int:
+    """Processes in the server's cgroups: its sandboxes, pooled or running or leaked."""
+    n = 0
+    for dirpath, _dirs, _files in os.walk(tree):
+        with contextlib.suppress(OSError), open(os.path.join(dirpath, "cgroup.procs")) as f:
+            n += len(f.read().split())
+    return n
 
 
 def free_port() -> int:
@@ -185,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"server threads grew {before.threads} -> {after.threads}")
     if after.rss_kb > before.rss_kb * 1.5 + 20_000:
         problems.append(f"server memory grew {before.rss_kb} -> {after.rss_kb} kB")
-    if after.host_procs > before.host_procs + 16:
-        problems.append(f"host processes grew {before.host_procs} -> {after.host_procs}")
+    if after.sandbox_procs > before.sandbox_procs + 16:
+        problems.append(f"sandbox processes grew {before.sandbox_procs} -> {after.sandbox_procs}")
     if after.cgroups > before.cgroups + 16:
         problems.append(f"cgroups grew {before.cgroups} -> {after.cgroups}")
     if errors:

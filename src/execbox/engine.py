@@ -132,7 +132,10 @@ class Engine:
     async def start(self) -> None:
         reaper.become_subreaper()
         await asyncio.to_thread(self._sweep_dead_servers)
-        needed = sorted({runtimes.ZYGOTE_OF[r] for r in (*self.settings.runtimes, "command")})
+        needed = sorted(
+            {runtimes.ZYGOTE_OF[r] for r in (*self.settings.runtimes, "command")}
+            - {r for r in ("node",) if self.missing(r)}  # a prestart would fail forever
+        )
         for i, name in enumerate(needed):
             self.zygotes[name] = Supervisor(self._launch(i, name), on_death=self._zygote_died)
         results = await asyncio.gather(
@@ -201,13 +204,29 @@ class Engine:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def missing(self, runtime: str) -> str | None:
+        """Why a runtime cannot run on this host, or None. Checked before every job, so a
+        binary removed while the server runs is reported, never hung on."""
+        path = {"python": self.settings.runtime_python, "node": self.paths.node}.get(
+            runtime, self.paths.bash
+        )
+        if os.access(path, os.X_OK):
+            return None
+        fix = {"python": "make install", "node": "apt-get install nodejs"}.get(
+            runtime, "apt-get install bash"
+        )
+        return f"the {runtime} runtime is missing: {path} is not an executable ({fix})"
+
     def health(self) -> dict[str, dict[str, Any]]:
         out = {}
         for runtime in (*self.settings.runtimes, "command"):
             z = self.zygotes.get(runtimes.ZYGOTE_OF[runtime])
+            missing = self.missing(runtime)
+            ready = bool(z and z.ready) and missing is None
+            error = None if ready else (missing or (z.last_error if z else "not started"))
             out[runtime] = {
-                "ready": bool(z and z.ready),
-                "error": None if z and z.ready else (z.last_error if z else "not started"),
+                "ready": ready,
+                "error": error,
                 "memory_mb": self.settings.limits.default.memory_bytes >> 20,
             }
         return out
@@ -269,6 +288,9 @@ class Engine:
         session: dict[str, Any] | None = None,
     ) -> Outcome:
         timings = Timings(queue_ms=(time.monotonic() - t0) * 1000)
+        missing = self.missing(job.runtime)
+        if missing:
+            return Outcome(Status.INTERNAL_ERROR, error=missing, timings=timings)
         zygote = self.zygotes.get(runtimes.ZYGOTE_OF[job.runtime])
         if zygote is None:
             return Outcome(Status.INTERNAL_ERROR, error=f"runtime {job.runtime} is not enabled")

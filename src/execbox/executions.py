@@ -193,7 +193,14 @@ class Executions:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # a record that could not be written (a full disk, say) is logged, and health
+            # says why; the client already has its answer
+            log.error("background execution work failed: %r", task.exception())
 
     async def recover(self) -> dict[str, int]:
         """After a restart: re-run what never started, mark what was running interrupted."""

@@ -28,10 +28,15 @@ from execbox.store.sqlite import SessionRow, Store
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_ARTIFACTS = 1000
+MIN_FREE_FOR_NEW = 4 << 20  # mkfs and the first writes of a sparse workspace need room
 
 
 class SessionError(ValueError):
     """A session request that cannot be honoured; the message says why."""
+
+    def __init__(self, message: str, storage: bool = False) -> None:
+        super().__init__(message)
+        self.storage = storage  # the host's disk, not the request, is the problem
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,12 @@ class Sessions:
             return mnt
         os.makedirs(mnt, mode=0o700, exist_ok=True)
         if not os.path.exists(image):
+            free = shutil.disk_usage(os.path.dirname(image)).free
+            if free < MIN_FREE_FOR_NEW:
+                raise SessionError(
+                    f"no space left for a new session workspace: {free} bytes free in {self.root}",
+                    storage=True,
+                )
             with open(image, "wb") as f:
                 f.truncate(row.quota_bytes)
             _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",

@@ -302,12 +302,24 @@ def test_only_stdio_fds_reach_the_code(engine) -> None:
 # ---- resources -------------------------------------------------------------------------------
 
 
-def _host_process_count() -> int:
-    return sum(1 for p in os.listdir("/proc") if p.isdigit())
+def _sandbox_processes(engine) -> int:
+    """Processes running as any of this engine's sandbox uids, wherever they are: what a
+    leak would grow (host-wide counts also see whatever else runs on the machine)."""
+    ranges = [(z.launch.uid_base, z.launch.uid_base + z.launch.uid_count)
+              for z in engine.engine.zygotes.values()]  # fmt: skip
+    n = 0
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                uid = os.stat(f"/proc/{p}").st_uid
+            except FileNotFoundError:
+                continue
+            n += any(lo <= uid < hi for lo, hi in ranges)
+    return n
 
 
 def test_fork_bomb_is_contained_and_leaves_nothing(engine) -> None:
-    before = _host_process_count()
+    before = _sandbox_processes(engine)
     out = engine.run(
         Job(
             runtime="bash",
@@ -319,9 +331,9 @@ def test_fork_bomb_is_contained_and_leaves_nothing(engine) -> None:
     assert "processes" in out.exceeded  # pids.max refused forks: the bomb hit the wall
     assert b"fork: retry" in out.stderr or b"Resource temporarily unavailable" in out.stderr
     deadline = time.monotonic() + 5
-    while _host_process_count() > before + 2 and time.monotonic() < deadline:
+    while _sandbox_processes(engine) > before + 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _host_process_count() <= before + 2  # +2: pool refills may be in flight
+    assert _sandbox_processes(engine) <= before + 2  # +2: pool refills may be in flight
 
 
 def test_memory_bomb_is_killed_and_reported(engine) -> None:
@@ -344,7 +356,7 @@ def test_infinite_loop_is_killed_at_the_wall_limit(engine) -> None:
 
 
 def test_timeout_kills_the_whole_tree(engine) -> None:
-    before = _host_process_count()
+    before = _sandbox_processes(engine)
     out = engine.run(
         Job(
             runtime="bash",
@@ -354,7 +366,7 @@ def test_timeout_kills_the_whole_tree(engine) -> None:
     )
     assert out.status is Status.TIMEOUT
     time.sleep(0.3)
-    assert _host_process_count() <= before + 2
+    assert _sandbox_processes(engine) <= before + 2
 
 
 # ---- two sandboxes at once -------------------------------------------------------------------

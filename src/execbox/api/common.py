@@ -4,6 +4,7 @@ count against the rate limit, run the Job, audit it."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -96,6 +97,29 @@ async def run(request: Request, dialect: Dialect, job: Job) -> Outcome:
     audit(request, dialect, job, outcome)
     await executions(request).record_only(job.id, dialect, job, outcome)
     return outcome
+
+
+MIN_FREE_BYTES = 8 << 20
+
+
+def problems(request: Request) -> list[str]:
+    """Everything that keeps this server from doing its work, in words, for health."""
+    out = [
+        f"{name}: {r['error']}" for name, r in engine(request).health().items() if not r["ready"]
+    ]
+    state_dir = policy(request).settings.state_dir
+    try:
+        st = os.statvfs(state_dir)
+        free = st.f_bavail * st.f_frsize
+        if free < MIN_FREE_BYTES:
+            out.append(f"storage: only {free} bytes free for the store in {state_dir}")
+    except OSError as exc:
+        out.append(f"storage: {state_dir}: {exc.strerror}")
+    return out
+
+
+def storage_error(exc: Exception, dialect: Dialect) -> ApiError:
+    return ApiError(507, f"Insufficient storage: {exc}", dialect)
 
 
 def audit(request: Request, dialect: Dialect, job: Job, outcome: Outcome) -> None:

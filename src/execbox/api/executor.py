@@ -3,8 +3,10 @@ and GET /info. Validation failures are FastAPI's own 422 list, as that service's
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import platform
+import sqlite3
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -17,7 +19,7 @@ from execbox.api.errors import ApiError
 from execbox.callbacks import CallbackRefused
 from execbox.jobs import Job, Status
 from execbox.runtimes import WORKDIR
-from execbox.sessions import SESSION_ID
+from execbox.sessions import SESSION_ID, SessionError
 
 D = "executor"
 RUNTIME = {"python": "python", "javascript": "node", "shell": "bash"}
@@ -261,11 +263,21 @@ async def handle(request: Request, data: dict[str, Any]) -> JSONResponse:
             record, _ = await execs.submit(req.execution_id, D, job, req.callback_url)
         except CallbackRefused as exc:
             raise ApiError(400, str(exc), D) from None
+        except (sqlite3.Error, OSError) as exc:  # nothing was accepted: say why
+            raise common.storage_error(exc, D) from None
         body = render_record(record)
         return JSONResponse(body, status_code=202 if record["result"] is None else 200)
     if req.callback_url:
         raise ApiError(400, "callback_url: only with an asynchronous run", D)
-    outcome, record = await execs.run(req.execution_id, D, job)
+    try:
+        await asyncio.to_thread(common.sessions(request).ensure, req.session_id)
+        outcome, record = await execs.run(req.execution_id, D, job)
+    except SessionError as exc:
+        raise (
+            common.storage_error(exc, D) if exc.storage else ApiError(400, str(exc), D)
+        ) from None
+    except (sqlite3.Error, OSError) as exc:
+        raise common.storage_error(exc, D) from None
     if outcome is not None:
         common.audit(request, D, job, outcome)
         if outcome.status is Status.INTERNAL_ERROR:

@@ -36,6 +36,7 @@ class Health(BaseModel):
     version: str
     isolation: str
     platform: str
+    problems: list[str] = []
 
 
 class ShapeError(BaseModel):
@@ -114,8 +115,8 @@ async def execute(request: Request) -> JSONResponse:
     summary="Service health (Faber and Sandbox Executor)",
 )
 async def health(request: Request) -> JSONResponse:
-    state = common.engine(request).health()
-    ok = bool(state) and all(r["ready"] for r in state.values())
+    problems = common.problems(request)
+    ok = not problems
     return JSONResponse(
         {
             "status": "healthy" if ok else "unhealthy",
@@ -123,6 +124,7 @@ async def health(request: Request) -> JSONResponse:
             "version": common.VERSION,
             "isolation": executor.ISOLATION,
             "platform": platform.system(),
+            "problems": problems,
         },
         status_code=200 if ok else 503,
     )

@@ -107,6 +107,7 @@ class ZbHealth(BaseModel):
     )
     status: Literal["ok", "degraded"]
     templates: dict[str, ZbTemplate]
+    problems: list[str] = []
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -229,9 +230,10 @@ async def health(request: Request) -> JSONResponse:
         for name in ("python", "node")
         if name in state
     }
-    ok = bool(templates) and all(t["ready"] for t in templates.values())
+    problems = common.problems(request)
+    ok = bool(templates) and all(t["ready"] for t in templates.values()) and not problems
     return JSONResponse(
-        {"status": "ok" if ok else "degraded", "templates": templates},
+        {"status": "ok" if ok else "degraded", "templates": templates, "problems": problems},
         status_code=200 if ok else 503,
     )
 

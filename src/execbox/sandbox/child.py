@@ -147,7 +147,11 @@ def run_job(spec: ChildSpec) -> int:
     """Read the job from the engine and run it. Returns an exit status or never returns."""
     main = python_inproc.prepare() if spec.runtime == "python" else None
     os.environ.clear()
-    warm = _prestart(spec.prestart) if spec.prestart else None
+    try:
+        warm = _prestart(spec.prestart) if spec.prestart else None
+    except OSError as exc:
+        os.write(READY_FD, f"Ecannot start {spec.prestart[0]}: {exc.strerror}\n".encode())
+        return EXIT_SETUP_FAILED
     os.write(READY_FD, b"R\n")
     job = _read_job()
     os.environ.update(job["env"])

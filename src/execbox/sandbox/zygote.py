@@ -267,7 +267,9 @@ class Zygote:
             box.nofile = lim.get("fds")
             box.pids_peak = 1  # the sandbox's own pid 1 exists at hand-over
         except OSError as exc:
-            self.report({"op": "error", "req": msg["req"], "error": f"cgroup limits: {exc}"})
+            asked = f"memory {wanted.memory_bytes} bytes, pids {wanted.pids}"
+            why = f"the kernel refused this sandbox's cgroup limits ({asked}): {exc.strerror}"
+            self.report({"op": "error", "req": msg["req"], "error": why})
             self.kill(box)
             return
         self.report(
