@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -95,6 +96,7 @@ class Supervisor:
     _takes: dict[int, asyncio.Future[TakeReply]] = field(default_factory=dict)
     _leases: dict[str, Lease] = field(default_factory=dict)
     _hello: asyncio.Future[dict[str, Any]] | None = None
+    _outbox: deque[dict[str, Any]] = field(default_factory=deque)
     _closing: bool = False
     _restart_task: asyncio.Task[None] | None = None
     stats: dict[str, int] = field(default_factory=lambda: {"hits": 0, "misses": 0})
@@ -151,9 +153,7 @@ class Supervisor:
         fut: asyncio.Future[TakeReply] = loop.create_future()
         self._takes[req] = fut
         try:
-            protocol.send(
-                self.sock, {"op": "take", "req": req, "limits": limits, "session": session}
-            )
+            self.send({"op": "take", "req": req, "limits": limits, "session": session})
         except OSError as exc:
             self._takes.pop(req, None)
             raise ZygoteError(f"{self.runtime} zygote unreachable: {exc}") from exc
@@ -184,7 +184,36 @@ class Supervisor:
         self.pool_target = size
         if self.sock is not None and self.ready:
             with contextlib.suppress(OSError):
-                protocol.send(self.sock, {"op": "pool", "size": size})
+                self.send({"op": "pool", "size": size})
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """Send now, or queue in order when the socket is full (a burst of a thousand
+        takes fills it): the zygote drains it, and a request never fails for that."""
+        assert self.sock is not None
+        if not self._outbox:
+            try:
+                protocol.send(self.sock, msg)
+                return
+            except BlockingIOError:
+                pass
+            asyncio.get_running_loop().add_writer(self.sock.fileno(), self._flush)
+        self._outbox.append(msg)
+
+    def _flush(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        while self._outbox:
+            try:
+                protocol.send(sock, self._outbox[0])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._outbox.clear()
+                self._died(f"socket error: {exc}")
+                return
+            self._outbox.popleft()
+        asyncio.get_running_loop().remove_writer(sock.fileno())
 
     # ---- incoming ------------------------------------------------------------------------
 
@@ -269,9 +298,12 @@ class Supervisor:
 
     def _teardown(self) -> None:
         self.ready = False
+        self._outbox.clear()
         if self.sock is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_writer(self.sock.fileno())
             self.sock.close()
             self.sock = None
         if self.proc is not None:
