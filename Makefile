@@ -66,7 +66,7 @@ test: install lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: install
-	$(VENV)/bin/python bench/engine.py
+	$(VENV)/bin/execbox bench $(BENCH_ARGS)
 
 # 10 minutes of mixed normal and abusive load against a real server; fails on growth
 soak: install

@@ -1,4 +1,4 @@
-"""execbox's command line: serve · run · doctor."""
+"""execbox's command line: serve · run · doctor · bench."""
 
 from __future__ import annotations
 
@@ -106,7 +106,25 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench(argv: list[str]) -> int:
+    """bench/full.py from the checkout: latency, throughput, memory and a 1000-execution burst
+    over HTTP and through the engine, against bubblewrap and cold starts."""
+    import importlib
+
+    from execbox.config import REPO_ROOT
+
+    bench_dir = REPO_ROOT / "bench"
+    if not (bench_dir / "full.py").is_file():
+        print(f"execbox bench: {bench_dir}/full.py not found (needs a checkout)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(bench_dir))
+    return int(importlib.import_module("full").main(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own options, parsed by bench/full.py
+        return cmd_bench(argv[1:])
     parser = argparse.ArgumentParser(prog="execbox", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("serve", help="start the HTTP server")
@@ -122,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("argv", nargs=argparse.REMAINDER, help="with --lang command: the argv")
     sub.add_parser("doctor", help="report what this host allows and what execbox will use")
     p = sub.add_parser("limits", help="print the effective default limits as JSON")
+    sub.add_parser("bench", help="benchmark HTTP and the engine (execbox bench --help)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.cmd == "serve":
