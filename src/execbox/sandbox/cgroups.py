@@ -15,7 +15,9 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-V1_CONTROLLERS = ("memory", "pids", "cpuacct", "cpu")
+# cpu (bandwidth) is left out until a limit uses it: each hierarchy costs every sandbox a
+# mkdir, an attach and a rmdir
+V1_CONTROLLERS = ("memory", "pids", "cpuacct")
 
 
 @dataclass(frozen=True)
