@@ -113,72 +113,35 @@ class Zygote:
             uid = self.free_uids.popleft()
         self.seq += 1
         sid = f"{self.cfg.runtime}-{os.getpid()}-{self.seq}"
-        job_r, job_w = os.pipe2(os.O_CLOEXEC)
-        res_r, res_w = os.pipe2(os.O_CLOEXEC)
-        in_r, in_w = os.pipe2(os.O_CLOEXEC)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(6)]
+        (job_r, job_w), (res_r, res_w), (in_r, in_w), (out_r, out_w) = pipes[:4]
+        (err_r, err_w), (sync_r, sync_w) = pipes[4:]
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         created = time.monotonic()
+        cg: Cgroup | None = None
         try:
             # created before the clone so the child can join it by itself: an attach waits
             # for an RCU grace period (up to ~13 ms here), which must not stall this loop
             cg = self.cgroups.create(sid)
             limits = CgroupLimits(self.cfg.default_memory_bytes, self.cfg.default_pids)
             cg.set_limits(limits)
-        except OSError:
-            for fd in (
-                job_r,
-                job_w,
-                res_r,
-                res_w,
-                in_r,
-                in_w,
-                out_r,
-                out_w,
-                err_r,
-                err_w,
-                sync_r,
-                sync_w,
-            ):
-                os.close(fd)
-            os.close(ready_r)
-            os.close(ready_w)
-            self._release_uid(uid, session)
-            raise
-        spec = child.ChildSpec(
-            root=self.cfg.root,
-            seccomp_bpf=self.bpf,
-            tmp_bytes=self.cfg.tmp_bytes,
-            work_bytes=self.cfg.work_bytes,
-            cgroup_procs=cg.procs_files(),
-            workspace=session["dir"] if session else None,
-            landlock_abi=self.landlock_abi,
-            runtime=self.cfg.runtime,
-            prestart=self.cfg.prestart,
-        )
-        try:
+            spec = child.ChildSpec(
+                root=self.cfg.root,
+                seccomp_bpf=self.bpf,
+                tmp_bytes=self.cfg.tmp_bytes,
+                work_bytes=self.cfg.work_bytes,
+                cgroup_procs=cg.procs_files(),
+                workspace=session["dir"] if session else None,
+                landlock_abi=self.landlock_abi,
+                runtime=self.cfg.runtime,
+                prestart=self.cfg.prestart,
+            )
             pid = libc.clone(CLONE_FLAGS)
         except OSError:
-            for fd in (
-                job_r,
-                job_w,
-                res_r,
-                res_w,
-                in_r,
-                in_w,
-                out_r,
-                out_w,
-                err_r,
-                err_w,
-                sync_r,
-                sync_w,
-            ):
+            for fd in (*(fd for pair in pipes for fd in pair), ready_r, ready_w):
                 os.close(fd)
-            os.close(ready_r)
-            os.close(ready_w)
-            cg.destroy()
+            if cg is not None:
+                cg.destroy()
             self._release_uid(uid, session)
             raise
         if pid == 0:
