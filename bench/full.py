@@ -52,6 +52,8 @@ from execbox.engine import Engine
 from execbox.jobs import Job, Status
 from soak import free_port  # bench/soak.py
 
+PYTHON = "/usr/bin/python3"  # the cold baseline: Debian's interpreter
+
 RESULTS = Path(__file__).resolve().parent / "results"
 BWRAP = enginebench.BWRAP
 CLEAN_ENV = enginebench.CLEAN_ENV
@@ -79,7 +81,7 @@ SLEEP_CODE = "import time; time.sleep(1)"
 def cold_argv(name: str, runtime_python: str) -> list[str]:
     code = PROGRAMS[name][0]
     return {
-        "python": [enginebench.PY, "-I", "-S", "-c", code],
+        "python": [PYTHON, "-I", "-S", "-c", code],
         # numpy lives in the runtime's venv, which needs site (so no -S)
         "numpy": [runtime_python, "-I", "-c", code],
         "node": ["/usr/bin/node", "-e", code],
@@ -223,7 +225,7 @@ def engine_variant(engine: Engine, name: str) -> Timed:
 
 
 def subprocess_variant(argv: list[str], name: str) -> Timed:
-    return enginebench.subprocess_variant(argv, PROGRAMS[name][2].encode())
+    return enginebench.command_variant(argv, PROGRAMS[name][2].encode())
 
 
 # ---- servers -----------------------------------------------------------------------------
