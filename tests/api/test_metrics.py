@@ -49,3 +49,19 @@ def test_counters_move(client: TestClient) -> None:
     assert delta("execbox_http_requests_total", '{code="200",method="POST",route="/v1/exec"}') == 2
     assert delta("execbox_http_requests_total", '{code="400",method="POST",route="/v1/exec"}') == 1
     assert delta("execbox_http_requests_total", '{code="200",method="POST",route="/execute"}') == 1
+
+
+def test_pool_metrics_follow_the_pools(client: TestClient) -> None:
+    before = client.get("/v1/metrics").text
+    client.post("/v1/exec", json={"code": "print(1)"})
+    after = client.get("/v1/metrics").text
+    took = sum(
+        sample(after, f"execbox_pool_{k}_total", '{zygote="python"}')
+        - sample(before, f"execbox_pool_{k}_total", '{zygote="python"}')
+        for k in ("hits", "misses")
+    )
+    assert took == 1
+    assert sample(after, "execbox_pool_target", '{zygote="python"}') >= 1
+    assert re.search(r'^execbox_pool_size\{zygote="node"\} \d', after, re.M)
+    assert re.search(r'^execbox_pool_refill_milliseconds\{zygote="python"\} [\d.]+$', after, re.M)
+    assert 'execbox_zygote_restarts_total{zygote="bash"}' in after

@@ -3,10 +3,12 @@ listeners, so every dialect counts alike."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter as Tally
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from execbox.engine import Engine
@@ -43,6 +45,38 @@ class ExecutionsCollector:
         yield metric
 
 
+class PoolCollector:
+    """The warm pools, read from the zygotes' supervisors at scrape time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        size = GaugeMetricFamily("execbox_pool_size", "Pooled sandboxes, ready or starting",
+                                 labels=["zygote"])  # fmt: skip
+        target = GaugeMetricFamily("execbox_pool_target", "Pool size the zygote aims for",
+                                   labels=["zygote"])  # fmt: skip
+        hits = CounterMetricFamily("execbox_pool_hits", "Takes served by a ready sandbox",
+                                   labels=["zygote"])  # fmt: skip
+        misses = CounterMetricFamily("execbox_pool_misses", "Takes that waited for a sandbox",
+                                     labels=["zygote"])  # fmt: skip
+        refill = GaugeMetricFamily("execbox_pool_refill_milliseconds",
+                                   "Median clone-to-ready time of recent sandboxes",
+                                   labels=["zygote"])  # fmt: skip
+        restarts = CounterMetricFamily("execbox_zygote_restarts", "Zygotes restarted after dying",
+                                       labels=["zygote"])  # fmt: skip
+        for name, z in self.engine.zygotes.items():
+            size.add_metric([name], z.pool_size)
+            target.add_metric([name], z.pool_target)
+            hits.add_metric([name], z.stats["hits"])
+            misses.add_metric([name], z.stats["misses"])
+            recent = sorted(z.refill_ms[-64:])
+            if recent:
+                refill.add_metric([name], recent[len(recent) // 2])
+            restarts.add_metric([name], z.restarts)
+        yield from (size, target, hits, misses, refill, restarts)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
@@ -71,12 +105,16 @@ class Metrics:
         )  # fmt: skip
 
     def attach(self, engine: Engine) -> None:
+        self.pools = PoolCollector(engine)
+        self.registry.register(self.pools)
         self.forks.set_function(lambda: engine.stats.running)
         self.live.set_function(lambda: engine.stats.running)
         self.queue.set_function(lambda: engine.stats.queued)
         engine.listeners.append(self.on_outcome)
 
     def detach(self, engine: Engine) -> None:
+        with contextlib.suppress(KeyError, AttributeError):
+            self.registry.unregister(self.pools)
         if self.on_outcome in engine.listeners:
             engine.listeners.remove(self.on_outcome)
 
