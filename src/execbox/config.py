@@ -158,5 +158,38 @@ class Settings:
             values["internal_api_token"] = env["INTERNAL_API_TOKEN"]
         if _env_bool(env.get("EXECBOX_OPEN_MODE", "")) or _env_bool(env.get("FABER_OPEN_MODE", "")):
             values["open_mode"] = True
+        limits = _limits_from_env(env)
+        if limits is not None:
+            values["limits"] = limits
         values.update(overrides)
         return replace(cls(), **values)  # type: ignore[arg-type]
+
+
+def _limits_from_env(env: dict[str, str]) -> LimitRange | None:
+    """EXECBOX_DEFAULT_<LIMIT>, EXECBOX_MIN_<LIMIT> and EXECBOX_MAX_<LIMIT> for each field of
+    Limits, e.g. EXECBOX_DEFAULT_MEMORY_BYTES=536870912 or EXECBOX_MAX_WALL_TIME_S=600."""
+    base = LimitRange()
+    parts: dict[str, dict[str, float | int]] = {"default": {}, "minimum": {}, "maximum": {}}
+    for which, prefix in (("default", "DEFAULT"), ("minimum", "MIN"), ("maximum", "MAX")):
+        for f in fields(Limits):
+            key = f"EXECBOX_{prefix}_{f.name.upper()}"
+            if key in env:
+                kind = type(getattr(base.default, f.name))
+                try:
+                    parts[which][f.name] = kind(float(env[key]))
+                except ValueError:
+                    raise ValueError(f"{key}: {env[key]!r} is not a number") from None
+    if not any(parts.values()):
+        return None
+    rng = LimitRange(
+        default=replace(base.default, **parts["default"]),
+        minimum=replace(base.minimum, **parts["minimum"]),
+        maximum=replace(base.maximum, **parts["maximum"]),
+    )
+    for f in fields(Limits):
+        lo, d, hi = (getattr(x, f.name) for x in (rng.minimum, rng.default, rng.maximum))
+        if not lo <= d <= hi:
+            raise ValueError(
+                f"limits: {f.name} default {d} is outside its configured range {lo}..{hi}"
+            )
+    return rng
