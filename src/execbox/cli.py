@@ -142,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("limits", help="print the effective default limits as JSON")
     sub.add_parser("bench", help="benchmark HTTP and the engine (execbox bench --help)")
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"execbox: bad configuration: {exc}", file=sys.stderr)
+        return 2
     if args.cmd == "serve":
         args.host = args.host or settings.host
         args.port = args.port or settings.port
