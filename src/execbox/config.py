@@ -141,10 +141,11 @@ class Settings:
             if key not in env or f.name == "limits":
                 continue
             raw = env[key]
-            if f.type in ("int",):
-                values[f.name] = int(raw)
-            elif f.type in ("float",):
-                values[f.name] = float(raw)
+            if f.type in ("int", "float"):
+                try:
+                    values[f.name] = int(raw) if f.type == "int" else float(raw)
+                except ValueError:
+                    raise ValueError(f"{key}: {raw!r} is not a valid {f.type}") from None
             elif f.type in ("bool",):
                 values[f.name] = _env_bool(raw)
             elif f.type.startswith("tuple"):
