@@ -1,4 +1,4 @@
-"""execbox's command line: serve · run · doctor · bench."""
+"""execbox's command line: serve · run · doctor · nodes · limits · bench."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import sys
+import time
 
 from execbox import host
 from execbox.config import Settings
@@ -95,14 +96,70 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from execbox.api.app import create_app
 
-    settings = dataclasses.replace(settings, host=args.host, port=args.port)
+    settings = dataclasses.replace(
+        settings,
+        host=args.host,
+        port=args.port,
+        redis_url=args.redis or settings.redis_url,
+        node_id=args.node_id or settings.node_id,
+        advertise_url=args.advertise or settings.advertise_url,
+    )
+    if settings.redis_url:
+        from execbox.cluster.link import RedisLink
+
+        try:
+            RedisLink(settings.redis_url).close()
+        except ValueError as exc:
+            print(f"execbox: bad configuration: {exc}", file=sys.stderr)
+            return 2
+    try:
+        app = create_app(settings)
+    except (ValueError, OSError) as exc:  # an unreadable keys file, say
+        print(f"execbox: bad configuration: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
         access_log=False,
     )
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace, settings: Settings) -> int:
+    """The cluster's live nodes, from Redis."""
+    from execbox.cluster.link import RedisDown, RedisLink
+    from execbox.cluster.nodes import Registry
+
+    url = args.redis or settings.redis_url
+    if not url:
+        print("execbox nodes: no Redis: pass --redis URL or set EXECBOX_REDIS_URL", file=sys.stderr)
+        return 2
+    try:
+        link = RedisLink(url, timeout_s=2.0)
+    except ValueError as exc:
+        print(f"execbox nodes: {exc}", file=sys.stderr)
+        return 2
+    try:
+        nodes = Registry(link, settings.node_ttl_s).alive()
+    except RedisDown as exc:
+        print(f"execbox nodes: Redis at {url} cannot be reached: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        link.close()
+    if args.json:
+        print(json.dumps([n.to_json() for n in nodes], indent=2))
+        return 0
+    rows = [("NODE", "URL", "RUNTIMES", "RUNNING", "QUEUED", "FREE", "CAPACITY", "SEEN")]
+    now = time.time()
+    for n in nodes:
+        rows.append((n.id, n.url, ",".join(n.runtimes), str(n.running), str(n.queued),
+                     str(n.free), str(n.capacity), f"{now - n.heartbeat_at:.1f}s ago"))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print(f"{len(nodes)} node(s) alive, {sum(n.free for n in nodes)} free slot(s)")
     return 0
 
 
@@ -131,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--log-level", default="info")
+    p.add_argument("--redis", help="cluster mode: the Redis URL nodes share (EXECBOX_REDIS_URL)")
+    p.add_argument("--node-id", help="this node's id in the cluster (EXECBOX_NODE_ID)")
+    p.add_argument("--advertise", help="the URL other nodes reach this one at")
+    p = sub.add_parser("nodes", help="list the cluster's live nodes (from Redis)")
+    p.add_argument("--redis", help="the Redis URL (EXECBOX_REDIS_URL)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("run", help="run code in a sandbox and exit with its exit code")
     p.add_argument("--lang", choices=["python", "node", "bash", "command"], default="python")
     p.add_argument("-c", dest="code", help="the code to run")
@@ -159,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.argv:
             parser.error("unexpected arguments after the file")
         return cmd_run(args, settings)
+    if args.cmd == "nodes":
+        return cmd_nodes(args, settings)
     if args.cmd == "doctor":
         return cmd_doctor(args, settings)
     if args.cmd == "limits":

@@ -131,6 +131,13 @@ class Settings:
     rate_limit: str = "100/second"
     trusted_proxies: tuple[str, ...] = ()
     audit_log: str | None = None
+    # cluster mode (all off without a Redis URL)
+    redis_url: str | None = None
+    node_id: str | None = None  # None: <hostname>:<port>
+    advertise_url: str | None = None  # how other nodes reach this one; None: from host:port
+    heartbeat_s: float = 1.0
+    node_ttl_s: float = 3.0  # a node silent this long is gone
+    lease_s: float = 5.0  # a running async execution's lease, renewed by its node
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

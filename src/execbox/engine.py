@@ -233,8 +233,11 @@ class Engine:
 
     # ---- running -----------------------------------------------------------------------------
 
-    async def run(self, job: Job, on_start: Callable[[], Awaitable[None]] | None = None) -> Outcome:
-        """Run a job; `on_start` is awaited once it has a slot, just before its sandbox."""
+    async def run(
+        self, job: Job, on_start: Callable[[], Awaitable[bool | None]] | None = None
+    ) -> Outcome:
+        """Run a job; `on_start` is awaited once it has a slot, just before its sandbox. If it
+        answers False the job is withdrawn (another node took it) and nothing runs."""
         t0 = time.monotonic()
         payload = runtimes.payload(job, self.paths)  # raises InvalidJob before any sandbox
         self.stats.queued += 1
@@ -244,8 +247,8 @@ class Engine:
             self.stats.queued -= 1
         self.stats.running += 1
         try:
-            if on_start is not None:
-                await on_start()
+            if on_start is not None and await on_start() is False:
+                return Outcome(Status.INTERNAL_ERROR, error="withdrawn before it started")
             if job.session is not None:
                 outcome = await self._run_in_session(job, payload, t0)
             else:

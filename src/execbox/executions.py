@@ -10,13 +10,18 @@ import asyncio
 import base64
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from execbox import callbacks
 from execbox.engine import Engine
 from execbox.jobs import Job, Limits, Outcome, Status
 from execbox.store.sqlite import Store
+
+if TYPE_CHECKING:
+    from execbox.cluster.queue import JobQueue
+    from execbox.cluster.records import ClusterRecords
 
 log = logging.getLogger("execbox.executions")
 
@@ -25,6 +30,15 @@ RECORD_STATUS = {
     Status.SUCCESS: "completed",
     Status.TIMEOUT: "timeout",
 }
+
+
+WAS_RUNNING = (
+    "the server stopped while this execution was running; it was not re-run because it "
+    "may already have had effects"
+)
+TOO_LARGE = (
+    "the server stopped before this execution ran, and its code was too large to keep for a re-run"
+)
 
 
 def record_status(outcome: Outcome) -> str:
@@ -99,16 +113,18 @@ class Executions:
     def __init__(
         self,
         engine: Engine,
-        store: Store,
+        store: Store | ClusterRecords,
         caps: RecordCaps,
         callback_policy: callbacks.CallbackPolicy,
         node: str = "local",
+        queue: JobQueue | None = None,
     ) -> None:
         self.engine = engine
-        self.store = store
+        self.store = store  # the records: SQLite, or Redis in cluster mode
         self.caps = caps
         self.callback_policy = callback_policy
         self.node = node
+        self.queue = queue  # cluster mode: async work goes through the shared queue
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def _create(
@@ -156,6 +172,12 @@ class Executions:
         accepted execution survives a crash. (record, created)."""
         if callback_url:
             callbacks.check_url(callback_url, self.callback_policy)
+        if self.queue is not None:
+            # the whole code travels: another node may be the one to run it
+            request = job_to_dict(job, dataclasses.replace(self.caps, max_code_bytes=1 << 62))
+            return await self.queue.submit(
+                exec_id, dialect, job, request, callback_url, self.caps.retention_s
+            )
         record, created = await self._create(exec_id, dialect, job, "pending", callback_url)
         if created:
             self._spawn(self._run_async(exec_id, dataclasses.replace(job, id=exec_id)))
@@ -167,6 +189,37 @@ class Executions:
 
         outcome = await self.engine.run(job, on_start=started)
         await self._finish(exec_id, outcome)
+
+    async def run_claimed(
+        self,
+        exec_id: str,
+        record: dict[str, Any],
+        start: Callable[[str], Awaitable[bool]],
+    ) -> bool:
+        """Run a queued execution this node has claimed; `start` moves it pending ->
+        running and says whether this node won it. Whether it ran here."""
+        req = record["request"]
+        if req.get("code_truncated"):
+            await self.interrupt(exec_id, TOO_LARGE)
+            return False
+        won = False
+
+        async def started() -> bool:
+            nonlocal won
+            won = await start(exec_id)
+            return won
+
+        outcome = await self.engine.run(job_from_dict(req, exec_id), on_start=started)
+        if not won:
+            return False
+        await self._finish(exec_id, outcome)
+        return True
+
+    async def interrupt(self, exec_id: str, why: str) -> None:
+        await self.store.call(
+            lambda: self.store.update_execution(exec_id, status="interrupted", error=why)
+        )
+        await self._maybe_call_back(exec_id)
 
     async def _finish(self, exec_id: str, outcome: Outcome) -> None:
         result = outcome_to_dict(outcome, self.caps.max_output_bytes)
@@ -212,19 +265,9 @@ class Executions:
                 self._spawn(self._run_async(rec["id"], job))
                 rerun += 1
             else:
-                why = (
-                    "the server stopped while this execution was running; it was not re-run "
-                    "because it may already have had effects"
-                    if rec["status"] == "running"
-                    else "the server stopped before this execution ran, and its code was too "
-                    "large to keep for a re-run"
+                await self.interrupt(
+                    rec["id"], WAS_RUNNING if rec["status"] == "running" else TOO_LARGE
                 )
-                await self.store.call(
-                    lambda r=rec, w=why: self.store.update_execution(
-                        r["id"], status="interrupted", error=w
-                    )
-                )
-                await self._maybe_call_back(rec["id"])
                 interrupted += 1
         return {"rerun": rerun, "interrupted": interrupted}
 

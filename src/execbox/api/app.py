@@ -106,11 +106,28 @@ def create_app(settings: Settings) -> FastAPI:
         engine = Engine(settings, sessions)
         await engine.start()
         metrics.attach(engine)
-        execs = Executions(engine, store, record_caps(settings), callback_policy(settings))
+        cluster = None
+        if settings.redis_url:
+            from execbox.cluster.node import Cluster
+
+            cluster = Cluster(settings, engine, store, sessions)
+        execs = Executions(
+            engine,
+            cluster.records if cluster else store,
+            record_caps(settings),
+            callback_policy(settings),
+            node=cluster.me if cluster else "local",
+            queue=cluster.queue if cluster else None,
+        )
         app.state.engine = engine
         app.state.store = store
+        app.state.records = execs.store
         app.state.sessions = sessions
         app.state.executions = execs
+        app.state.cluster = cluster
+        if cluster is not None:
+            cluster.attach(execs)
+            await cluster.start()
         recovered = await execs.recover()
         if any(recovered.values()):
             log.warning("recovered executions after a restart: %s", recovered)
@@ -119,6 +136,8 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             housekeeping.cancel()
+            if cluster is not None:
+                await cluster.close()
             await execs.drain(timeout=5)
             metrics.detach(engine)
             await engine.close()

@@ -31,7 +31,10 @@ def load_keys(settings: Settings) -> list[str]:
     keys: list[str] = []
     if path:
         with open(path) as f:
-            data = json.load(f)
+            try:
+                data = json.load(f)
+            except ValueError as exc:
+                raise ValueError(f"{path}: not a JSON array of keys: {exc}") from None
         if not isinstance(data, list) or not all(isinstance(k, str) for k in data):
             raise ValueError(f"{path}: expected a JSON array of strings")
         keys = [k for k in data if k]

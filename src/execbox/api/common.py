@@ -7,9 +7,10 @@ import json
 import os
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from execbox.api.audit import AuditLog
@@ -23,6 +24,9 @@ from execbox.executions import Executions
 from execbox.jobs import Job, Outcome
 from execbox.runtimes import InvalidJob
 from execbox.sessions import Sessions
+
+if TYPE_CHECKING:
+    from execbox.cluster.node import Cluster
 
 try:
     VERSION = metadata.version("execbox")
@@ -41,8 +45,8 @@ class Policy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
-        return cls(settings, Auth(settings), RateLimiter(settings.rate_limit), AuditLog(
-            settings.audit_log))  # fmt: skip
+        limiter = RateLimiter(settings.rate_limit, settings.redis_url)
+        return cls(settings, Auth(settings), limiter, AuditLog(settings.audit_log))
 
 
 def policy(request: Request) -> Policy:
@@ -70,12 +74,34 @@ def parse_json(raw: bytes, dialect: Dialect) -> Any:
 
 
 def admit(request: Request, dialect: Dialect) -> Identity:
-    """Authenticate, then count one request against the caller's rate limit."""
+    """Authenticate, then count one request against the caller's rate limit (once in a
+    cluster: a request forwarded by another node was counted there)."""
     p = policy(request)
     who = p.auth.check(request, dialect)
-    request.state.rate_limit_headers = p.limiter.hit(who, dialect)
+    c = cluster(request)
+    if c is None or not c.is_forwarded(request):
+        request.state.rate_limit_headers = p.limiter.hit(who, dialect)
     request.state.identity = who
     return who
+
+
+def cluster(request: Request) -> Cluster | None:
+    return getattr(request.app.state, "cluster", None)
+
+
+async def cluster_health(request: Request) -> dict[str, Any] | None:
+    c = cluster(request)
+    return None if c is None else await c.health()
+
+
+async def route_session(
+    request: Request, session_id: str, dialect: Dialect, *, place: bool, runtime: str | None = None
+) -> Response | None:
+    """In a cluster, the answer of the node that holds the session, if not this one."""
+    c = cluster(request)
+    if c is None:
+        return None
+    return await c.route(request, session_id, dialect, place=place, runtime=runtime)
 
 
 def first_error(exc: ValidationError) -> str:

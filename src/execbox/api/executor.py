@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from execbox.api import common
 from execbox.api.errors import ApiError
 from execbox.callbacks import CallbackRefused
+from execbox.cluster.link import RedisDown
 from execbox.jobs import Job, Status
 from execbox.runtimes import WORKDIR
 from execbox.sessions import SESSION_ID, SessionError
@@ -257,14 +258,29 @@ async def handle(request: Request, data: dict[str, Any]) -> JSONResponse:
         ]
         raise RequestValidationError(errors) from None
     job = to_job(req, request)
+    run_async = wants_async(request, req)
+    # an async run of a session with no home yet is queued, and placed by whoever takes it
+    elsewhere = await common.route_session(
+        request, req.session_id, D, place=not run_async, runtime=job.runtime
+    )
+    if elsewhere is not None:
+        return elsewhere
     execs = common.executions(request)
-    if wants_async(request, req):
+    if run_async:
         try:
             record, _ = await execs.submit(req.execution_id, D, job, req.callback_url)
         except CallbackRefused as exc:
             raise ApiError(400, str(exc), D) from None
         except (sqlite3.Error, OSError) as exc:  # nothing was accepted: say why
             raise common.storage_error(exc, D) from None
+        except RedisDown as exc:
+            raise ApiError(
+                503,
+                f"Service unavailable: async executions need Redis, which is down ({exc}); "
+                "nothing was accepted, try again or run synchronously",
+                D,
+                {"Retry-After": "1"},
+            ) from None
         body = render_record(record)
         return JSONResponse(body, status_code=202 if record["result"] is None else 200)
     if req.callback_url:

@@ -14,6 +14,7 @@ from execbox import sessions as S
 from execbox.api import common
 from execbox.api.errors import ApiError
 from execbox.api.executor import render_record
+from execbox.cluster.link import RedisDown
 
 D = "executor"
 MAX_FILE_BYTES = 64 << 20
@@ -23,6 +24,20 @@ router = APIRouter(tags=["Sandbox Executor: records and sessions"])
 
 def _admit(request: Request) -> None:
     common.admit(request, D)
+
+
+async def _elsewhere(request: Request, session_id: str, place: bool = False) -> Response | None:
+    """In a cluster, the answer of the node that holds the session, if not this one."""
+    try:
+        S.check_id(session_id)
+    except S.SessionError as exc:
+        raise ApiError(400, str(exc), D) from None
+    return await common.route_session(request, session_id, D, place=place)
+
+
+def _records_down(exc: RedisDown) -> ApiError:
+    return ApiError(503, f"Execution records are in Redis, which is down ({exc})", D,
+                    {"Retry-After": "1"})  # fmt: skip
 
 
 def _workspace(request: Request, session_id: str) -> S.Workspace:
@@ -38,16 +53,21 @@ def _workspace(request: Request, session_id: str) -> S.Workspace:
 @router.get("/executions/{execution_id}", summary="An execution's record")
 async def get_execution(request: Request, execution_id: str) -> JSONResponse:
     _admit(request)
-    store = request.app.state.store
-    record = await store.call(store.get_execution, execution_id)
+    store = request.app.state.records
+    try:
+        record = await store.call(store.get_execution, execution_id)
+    except RedisDown as exc:
+        raise _records_down(exc) from None
     if record is None:
         raise ApiError(404, f"execution {execution_id!r} not found", D)
     return JSONResponse(render_record(record))
 
 
 @router.get("/sessions/{session_id}", summary="A session's state, size and last use")
-async def get_session(request: Request, session_id: str) -> JSONResponse:
+async def get_session(request: Request, session_id: str) -> Response:
     _admit(request)
+    if (elsewhere := await _elsewhere(request, session_id)) is not None:
+        return elsewhere
     ws = _workspace(request, session_id)
     return JSONResponse(await asyncio.to_thread(common.sessions(request).info, ws))
 
@@ -55,10 +75,18 @@ async def get_session(request: Request, session_id: str) -> JSONResponse:
 @router.delete("/sessions/{session_id}", summary="Remove a session and its workspace")
 async def delete_session(request: Request, session_id: str) -> Response:
     _admit(request)
+    cluster = common.cluster(request)
+    if cluster is not None and await cluster.owner_is_gone(session_id):
+        await cluster.forget(session_id)  # a lost session may now start again, empty
+        return Response(status_code=204)
+    if (elsewhere := await _elsewhere(request, session_id)) is not None:
+        return elsewhere
     sessions = common.sessions(request)
     _workspace(request, session_id)
     async with sessions.lock(session_id):  # not under a running execution
         await asyncio.to_thread(sessions.delete, session_id)
+    if cluster is not None:
+        await cluster.forget(session_id)
     return Response(status_code=204)
 
 
@@ -70,8 +98,11 @@ async def list_executions(
     offset: int = Query(0, ge=0),
 ) -> JSONResponse:
     _admit(request)
-    store = request.app.state.store
-    rows, total = await store.call(store.list_session_executions, session_id, limit, offset)
+    store = request.app.state.records
+    try:
+        rows, total = await store.call(store.list_session_executions, session_id, limit, offset)
+    except RedisDown as exc:
+        raise _records_down(exc) from None
     return JSONResponse(
         {
             "session_id": session_id,
@@ -84,8 +115,10 @@ async def list_executions(
 
 
 @router.get("/sessions/{session_id}/files", summary="The files of a session's workspace")
-async def list_files(request: Request, session_id: str) -> JSONResponse:
+async def list_files(request: Request, session_id: str) -> Response:
     _admit(request)
+    if (elsewhere := await _elsewhere(request, session_id)) is not None:
+        return elsewhere
     ws = _workspace(request, session_id)
     files: list[dict[str, Any]] = await asyncio.to_thread(S.list_files, ws.path)
     return JSONResponse({"session_id": session_id, "files": files})
@@ -94,6 +127,8 @@ async def list_files(request: Request, session_id: str) -> JSONResponse:
 @router.get("/sessions/{session_id}/files/{path:path}", summary="Download a file")
 async def download(request: Request, session_id: str, path: str) -> Response:
     _admit(request)
+    if (elsewhere := await _elsewhere(request, session_id)) is not None:
+        return elsewhere
     ws = _workspace(request, session_id)
     try:
         data = await asyncio.to_thread(S.read_file, ws, path, MAX_FILE_BYTES)
@@ -108,11 +143,17 @@ async def download(request: Request, session_id: str, path: str) -> Response:
 
 
 @router.put("/sessions/{session_id}/files/{path:path}", summary="Upload a file")
-async def upload(request: Request, session_id: str, path: str) -> JSONResponse:
+async def upload(request: Request, session_id: str, path: str) -> Response:
     _admit(request)
+    try:
+        S.check_id(session_id)
+        S.resolve_rel(path)
+    except S.SessionError as exc:
+        raise ApiError(400, str(exc), D) from None
+    if (elsewhere := await _elsewhere(request, session_id, place=True)) is not None:
+        return elsewhere
     sessions = common.sessions(request)
     try:
-        S.resolve_rel(path)
         ws = await asyncio.to_thread(sessions.ensure, session_id)
     except S.SessionError as exc:
         raise ApiError(400, str(exc), D) from None
@@ -132,6 +173,8 @@ async def upload(request: Request, session_id: str, path: str) -> JSONResponse:
 @router.delete("/sessions/{session_id}/files/{path:path}", summary="Remove a file")
 async def remove(request: Request, session_id: str, path: str) -> Response:
     _admit(request)
+    if (elsewhere := await _elsewhere(request, session_id)) is not None:
+        return elsewhere
     ws = _workspace(request, session_id)
     try:
         await asyncio.to_thread(S.delete_file, ws, path)

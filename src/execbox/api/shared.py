@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from execbox.api import common, executor, faber
 from execbox.api.errors import ApiError, Dialect
@@ -37,6 +37,9 @@ class Health(BaseModel):
     isolation: str
     platform: str
     problems: list[str] = []
+    cluster: dict[str, Any] | None = Field(
+        None, description="cluster mode: this node, Redis, the nodes alive and their capacity"
+    )
 
 
 class ShapeError(BaseModel):
@@ -125,6 +128,7 @@ async def health(request: Request) -> JSONResponse:
             "isolation": executor.ISOLATION,
             "platform": platform.system(),
             "problems": problems,
+            "cluster": await common.cluster_health(request),
         },
         status_code=200 if ok else 503,
     )

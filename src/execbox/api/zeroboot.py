@@ -108,6 +108,9 @@ class ZbHealth(BaseModel):
     status: Literal["ok", "degraded"]
     templates: dict[str, ZbTemplate]
     problems: list[str] = []
+    cluster: dict[str, Any] | None = Field(
+        None, description="cluster mode: this node, Redis, the nodes alive and their capacity"
+    )
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -233,7 +236,12 @@ async def health(request: Request) -> JSONResponse:
     problems = common.problems(request)
     ok = bool(templates) and all(t["ready"] for t in templates.values()) and not problems
     return JSONResponse(
-        {"status": "ok" if ok else "degraded", "templates": templates, "problems": problems},
+        {
+            "status": "ok" if ok else "degraded",
+            "templates": templates,
+            "problems": problems,
+            "cluster": await common.cluster_health(request),
+        },
         status_code=200 if ok else 503,
     )
 

@@ -211,6 +211,28 @@ class Store:
             ).fetchall()
         return [_record(r, []) for r in rows]
 
+    def finished_executions(self, limit: int = 500) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM executions WHERE status IN"
+                " ('completed', 'failed', 'timeout', 'interrupted') ORDER BY created_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+            out = []
+            for r in rows:
+                attempts = self._db.execute(
+                    "SELECT attempt, at, status_code, error FROM callback_attempts"
+                    " WHERE execution_id=? ORDER BY attempt",
+                    (r["id"],),
+                ).fetchall()
+                out.append(_record(r, [dict(a) for a in attempts]))
+        return out
+
+    def delete_execution(self, exec_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM callback_attempts WHERE execution_id=?", (exec_id,))
+            self._db.execute("DELETE FROM executions WHERE id=?", (exec_id,))
+
     def count_active(self) -> int:
         with self._lock:
             return self._db.execute(
