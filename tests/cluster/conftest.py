@@ -20,8 +20,9 @@ import pytest
 
 from tests.mounts import unmount_below
 
-KEYS = [f"key-{i:02d}" for i in range(20)]
-RATE = "100/minute"
+KEYS = [f"key-{i:02d}" for i in range(40)]
+RATE = "300/minute"
+POLL_KEYS = KEYS[20:]  # polling for results has budgets of its own
 
 
 def free_port() -> int:

@@ -144,7 +144,7 @@ class Cluster:
         await self.link.call(self.queue.ensure_groups)
         await self.link.call(self.registry.beat, self.info())
         self._token = await self.link.call(self._cluster_token)
-        # sessions this node made while Redis was down get their place
+        # sessions this node held before it joined (in single-node mode) get their place
         for sid in await asyncio.to_thread(self.sessions.store.all_sessions):
             await self.link.call(self.placement.claim, sid, self.me)
         moved = await self.records.call(self.records.sync_back)
@@ -247,10 +247,18 @@ class Cluster:
             if owner == self.me:
                 return None
             node = await self.link.call(self.registry.get, owner)
-        except RedisDown:
-            # where sessions live is unknown: this node serves its own, and makes new ones
-            # here, to be placed when Redis is back
-            return None
+        except RedisDown as exc:
+            # where sessions live is unknown: this node serves the ones it holds; any other
+            # might live elsewhere, and must not start over here, empty
+            if await asyncio.to_thread(self.sessions.store.get_session, session_id):
+                return None
+            raise ApiError(
+                503,
+                f"session {session_id!r} is not on this node, and where sessions live is "
+                f"unknown while Redis is down ({exc}); try again",
+                dialect,
+                {"Retry-After": "1"},
+            ) from None
         if node is None:
             raise ApiError(410, _lost(session_id, owner), dialect)
         return await self._forward(request, node, session_id, dialect)
