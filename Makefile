@@ -9,7 +9,8 @@ VENV        := .venv
 # outside the checkout on purpose: sandboxes see it at the same path, and a checkout may
 # live under /tmp, which every sandbox covers with its own
 RUNTIME     := /opt/execbox/python
-APT_PKGS    := python3 python3-venv python3-dev nodejs bash libseccomp2 bubblewrap iproute2 procps
+APT_PKGS    := python3 python3-venv python3-dev nodejs bash libseccomp2 bubblewrap iproute2 procps \
+               redis-server
 NUMPY       := numpy==2.4.6
 HOST        ?= 127.0.0.1
 PORT        ?= 8080

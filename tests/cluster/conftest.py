@@ -101,6 +101,7 @@ class Node:
     index: int
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(init=False)
+    pids: list[int] = field(default_factory=list)  # every server process it has been
 
     def __post_init__(self) -> None:
         self.log = self.state.parent / f"{self.name}.log"
@@ -143,6 +144,7 @@ class Node:
             stdout=out,
             stderr=out,
         )
+        self.pids.append(self.proc.pid)
 
     def wait_ready(self) -> None:
         def up() -> bool:
@@ -206,3 +208,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         redis.stop()
         for n in nodes.values():
             unmount_below(str(n.state))
+    # nothing of any node is left on the host, the one killed with SIGKILL included
+    for n in nodes.values():
+        for pid in n.pids:
+            assert leftovers(pid) == [], f"{n.name} (pid {pid}) left {leftovers(pid)}"
+
+
+def leftovers(server_pid: int) -> list[str]:
+    """The cgroups and processes a server with this pid left behind."""
+    found = [
+        d
+        for ctrl in ("memory", "pids", "cpuacct", "unified")
+        if os.path.isdir(d := f"/sys/fs/cgroup/{ctrl}/execbox/{server_pid}")
+    ]
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"execbox/{server_pid}/".encode() in cmd:
+            found.append(f"process {proc.name}")
+    return found

@@ -22,7 +22,7 @@ from execbox.api.errors import ApiError, Dialect
 from execbox.cluster.link import PREFIX, RedisDown, RedisLink
 from execbox.cluster.nodes import NodeInfo, Registry, best_for_new_session
 from execbox.cluster.placement import Placement
-from execbox.cluster.queue import JobQueue
+from execbox.cluster.queue import JobQueue, session_lost
 from execbox.cluster.records import ClusterRecords, RedisRecords
 from execbox.config import Settings
 from execbox.engine import Engine
@@ -315,10 +315,7 @@ class Cluster:
 
 
 def _lost(session_id: str, node: str) -> str:
-    return (
-        f"session_lost: session {session_id!r} lived on node {node!r}, which is gone, and its "
-        f"workspace with it; DELETE /sessions/{session_id} to start it again, empty"
-    )
+    return f"{session_lost(session_id, node)}; DELETE /sessions/{session_id} to start it again"
 
 
 def _version() -> str:
