@@ -185,13 +185,21 @@ class Cluster:
 
 
 @pytest.fixture(scope="package")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    redis = Redis(free_port(), tmp_path_factory.mktemp("redis"))
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+@pytest.fixture(scope="package")
+def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: Redis) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("cluster")
     keys = base / "keys"
     keys.write_text(json.dumps(KEYS))
-    (base / "redis").mkdir()
-    redis = Redis(free_port(), base / "redis")
-    redis.start()
+    redis = redis_server
     nodes = {
         name: Node(name, free_port(), base / name / "state", redis.url, keys, i)
         for i, name in enumerate(("node-a", "node-b", "node-c"))
@@ -205,7 +213,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         for n in nodes.values():
             n.stop()
-        redis.stop()
         for n in nodes.values():
             unmount_below(str(n.state))
     # nothing of any node is left on the host, the one killed with SIGKILL included

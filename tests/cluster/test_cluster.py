@@ -78,6 +78,21 @@ def test_an_execution_run_on_one_node_is_found_through_another(cluster: Cluster)
     assert body["status"] == "completed" and body["stdout"] == "42\n"
 
 
+def test_an_execution_id_runs_once_in_the_whole_cluster(cluster: Cluster) -> None:
+    a, c_ = cluster.nodes["node-a"], cluster.nodes["node-c"]
+    exec_id = uid("once")
+    with cluster.client(KEYS[12]) as c:
+        body = {"execution_id": exec_id, "session_id": uid("s"), "language": "python",
+                "code": "import random; print(random.random())"}  # fmt: skip
+        first = c.post(f"{a.url}/execute", json=body)
+        assert first.status_code == 200, first.text
+        # the same id through another node, even for another session: the first record
+        second = c.post(f"{c_.url}/execute", json={**body, "session_id": uid("s")})
+        assert second.status_code == 200, second.text
+    assert second.json()["stdout"] == first.json()["stdout"]
+    assert second.json()["created_at"] == first.json()["created_at"]
+
+
 def test_a_session_made_through_a_works_through_b(cluster: Cluster) -> None:
     a, b, c_ = (cluster.nodes[n] for n in ("node-a", "node-b", "node-c"))
     session = uid("s")

@@ -128,7 +128,7 @@ async def health(request: Request) -> JSONResponse:
             "isolation": executor.ISOLATION,
             "platform": platform.system(),
             "problems": problems,
-            "cluster": await common.cluster_health(request),
+            **({"cluster": cluster} if (cluster := await common.cluster_health(request)) else {}),
         },
         status_code=200 if ok else 503,
     )

@@ -235,13 +235,15 @@ async def health(request: Request) -> JSONResponse:
     }
     problems = common.problems(request)
     ok = bool(templates) and all(t["ready"] for t in templates.values()) and not problems
+    body: dict[str, Any] = {
+        "status": "ok" if ok else "degraded",
+        "templates": templates,
+        "problems": problems,
+    }
+    if (cluster := await common.cluster_health(request)) is not None:
+        body["cluster"] = cluster  # only in cluster mode: the seed's body stays as it is
     return JSONResponse(
-        {
-            "status": "ok" if ok else "degraded",
-            "templates": templates,
-            "problems": problems,
-            "cluster": await common.cluster_health(request),
-        },
+        body,
         status_code=200 if ok else 503,
     )
 
