@@ -126,15 +126,23 @@ class Engine:
             work_bytes=s.limits.default.workdir_bytes,
             default_memory_bytes=s.limits.default.memory_bytes,
             default_pids=s.limits.default.pids,
-            prestart=[self.paths.node, "-e", runtimes.NODE_PRELUDE] if runtime == "node" else None,
+            prestart=self._prestart(runtime),
         )
+
+    def _prestart(self, runtime: str) -> list[str] | None:
+        """The interpreter a pooled sandbox starts while it waits for a job."""
+        if runtime == "node":
+            return [self.paths.node, "-e", runtimes.NODE_PRELUDE]
+        if runtime == "bash":
+            return [self.paths.bash, "--noprofile", "--norc", "-c", runtimes.BASH_PRELUDE]
+        return None
 
     async def start(self) -> None:
         reaper.become_subreaper()
         await asyncio.to_thread(self._sweep_dead_servers)
         needed = sorted(
             {runtimes.ZYGOTE_OF[r] for r in (*self.settings.runtimes, "command")}
-            - {r for r in ("node",) if self.missing(r)}  # a prestart would fail forever
+            - {r for r in ("node", "bash") if self.missing(r)}  # a prestart would fail forever
         )
         for i, name in enumerate(needed):
             self.zygotes[name] = Supervisor(self._launch(i, name), on_death=self._zygote_died)

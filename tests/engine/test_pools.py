@@ -92,3 +92,48 @@ def test_prestarted_node_gets_the_jobs_limits_and_is_not_billed_for_its_start(en
     assert out.pool_hit and out.status is Status.SUCCESS
     # Node's own start costs ~30 ms of cpu; it ran before the job and is not counted
     assert out.usage.cpu_time_ns < 20_000_000, out.usage
+
+
+BASH_PROBE = r"""
+read -r -a stat < /proc/$$/stat
+read -r up _ < /proc/uptime
+age=$(( ${up%.*}${up#*.} - ${stat[21]} ))  # centiseconds since bash started (HZ=100)
+echo "age=$age"
+echo "args=$0|$*|$#"
+echo "pwd=$PWD old=${OLDPWD-unset} lvl=$SHLVL"
+env | grep -v '^_=' | sort
+"""
+
+
+def _bash_probe(engine, env: dict[str, str]) -> tuple[int, list[str]]:
+    out = engine.run(Job(runtime="bash", code=BASH_PROBE, env=env))
+    assert out.status is Status.SUCCESS, out.stderr
+    lines = out.stdout.decode().splitlines()
+    return int(lines[0].removeprefix("age=")), lines[1:]
+
+
+def test_prestarted_bash_behaves_like_a_fresh_bash(engine) -> None:
+    time.sleep(0.5)  # the pool's bash started by now, before the job existed
+    age, warm = _bash_probe(engine, {"GREETING": "hi there"})
+    assert age >= 30, f"bash started {age} cs before the job: not prestarted"
+    # a name bash cannot hold as a variable makes a fresh bash: the same view otherwise
+    age_cold, cold = _bash_probe(engine, {"GREETING": "hi there", "NOT-A-NAME": "x"})
+    assert age_cold < 30, age_cold
+    assert "NOT-A-NAME=x" in cold
+    assert warm == [line for line in cold if line != "NOT-A-NAME=x"], (warm, cold)
+    assert "args=/tmp/.execbox/main.sh||0" in warm and "GREETING=hi there" in warm
+    assert "pwd=/workspace old=unset lvl=1" in warm
+
+
+def test_prestarted_bash_keeps_a_scripts_exit_signal_stdin_and_return(engine) -> None:
+    time.sleep(0.3)
+    out = engine.run(Job(runtime="bash", code='read x; echo "got $x"; exit 7', stdin=b"in\n"))
+    assert (out.status, out.exit_code, out.stdout) == (Status.FAILURE, 7, b"got in\n")
+    out = engine.run(Job(runtime="bash", code="kill -TERM $$"))
+    assert (out.status, out.signal) == (Status.SIGNALED, 15)
+    # `return` outside a function is an error in a script, as in a fresh bash
+    out = engine.run(Job(runtime="bash", code="return 5"))
+    assert out.exit_code == 2 and b"can only `return'" in out.stderr
+    # and a command in the bash pool is its own program, not a bash builtin's view of it
+    out = engine.run(Job(runtime="command", argv=["/bin/sh", "-c", "echo $0"]))
+    assert out.stdout == b"/bin/sh\n"

@@ -17,6 +17,7 @@ from execbox.jobs import Job, Limits
 CODE_DIR = "/tmp/.execbox"
 NODE_HANDLER = (Path(__file__).with_name("node_handler.js")).read_text()
 NODE_PRELUDE = (Path(__file__).with_name("node_prelude.js")).read_text()
+BASH_PRELUDE = (Path(__file__).with_name("bash_prelude.sh")).read_text()
 WORKDIR = "/workspace"
 
 # Which zygote (and pool) serves each runtime. `command` execs an arbitrary argv, so it
@@ -112,6 +113,7 @@ def payload(job: Job, paths: RuntimePaths) -> dict[str, Any]:
         out.update(
             mode="exec", argv=[paths.bash, main], programs=[{"path": main, "text": _code(job)}]
         )
+        out["source"] = main  # a warm bash may run it in place (see bash_prelude.sh)
         if job.handler:
             # the shell's "handler" is the script itself: the event on stdin and in $EVENT
             out["env"]["EVENT"] = json.dumps(event)

@@ -13,7 +13,9 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import resource
+import shlex
 import signal
 import socket
 import struct
@@ -169,7 +171,11 @@ def run_job(spec: ChildSpec) -> int:
         if handler is None:
             os.close(RESULT_FD)
         return python_inproc.run(job["code"], main, handler=handler, result_fd=RESULT_FD)
-    if warm is not None:
+    if warm is not None and spec.runtime == "bash":
+        if _can_source(job):
+            return _run_warm_bash(*warm, job)
+        _discard(*warm)  # a command, not a script: it is run as a program of its own
+    elif warm is not None:
         return _run_warm(*warm, job)
     if handler is not None:
         os.dup2(RESULT_FD, JOB_FD, inheritable=True)  # the wrapper writes its result to fd 3
@@ -207,6 +213,53 @@ def _run_warm(pid: int, job_w: int, job: dict) -> int:
     os.close(job_w)
     os.close(RESULT_FD)
     return _wait_for(pid)
+
+
+SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+TOP_RETURN = re.compile(r"\breturn\b")
+BASH_JOB = f"{CODE_DIR}/job.sh"
+
+
+def _can_source(job: dict) -> bool:
+    """Whether a warm bash can run this job exactly as a fresh `bash main.sh` would: a
+    script, whose environment bash can hold as variables (a name such as A-B lives only in
+    a real environment block), that does not say `return`. Any other starts bash afresh."""
+    if not job.get("source") or not all(SHELL_NAME.fullmatch(k) for k in job["env"]):
+        return False
+    # a sourced script may `return` at its top level, a script run by bash may not
+    return not any(TOP_RETURN.search(p["text"]) for p in job.get("programs", []))
+
+
+def _run_warm_bash(pid: int, job_w: int, job: dict) -> int:
+    """Give the job to the bash started ahead of time: its prelude sources job.sh, which
+    sets the job's environment, directory and arguments, then runs the script in place."""
+    for name, value in job["rlimits"].items():
+        resource.prlimit(pid, RLIMITS[name], (value, value))
+    q = shlex.quote
+    # what a fresh `bash main.sh` has: the job's environment (not the pool's PATH and
+    # HOME), bash's own PWD and SHLVL, no OLDPWD
+    lines = ["unset -v PATH HOME"]
+    lines += [f"export {k}={q(v)}" for k, v in job["env"].items()]
+    lines.append(f"cd -- {q(job.get('cwd', mounts.WORKDIR))} || exit 126")
+    lines.append("unset -v OLDPWD")
+    lines.append(" ".join(["set --", *(q(a) for a in job["argv"][2:])]))
+    lines.append(f"BASH_ARGV0={q(job['source'])}")
+    lines.append(f". {q(job['source'])}")
+    with open(BASH_JOB, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with contextlib.suppress(OSError):  # it may have died already: its status says why
+        os.write(job_w, b"go\n")
+    os.close(job_w)
+    os.close(RESULT_FD)
+    return _wait_for(pid)
+
+
+def _discard(pid: int, job_w: int) -> None:
+    os.close(job_w)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def _init(argv: list[str], env: dict[str, str]) -> int:
