@@ -75,7 +75,11 @@ def write_beneath(root: str, rel: str, data: bytes, uid: int, gid: int) -> None:
             sub = openat2(dirfd, part, os.O_RDONLY | os.O_DIRECTORY)
             os.close(dirfd)
             dirfd = sub
-        fd = openat2(dirfd, name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        # O_NONBLOCK: a FIFO the code planted would otherwise hold this open until some
+        # reader came (forever, with the session locked); now it fails at once (ENXIO) or
+        # is refused below. Writes to a regular file ignore the flag.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
+        fd = openat2(dirfd, name, flags, 0o644)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise IsADirectoryError(21, "not a regular file", rel)
