@@ -1,0 +1,124 @@
+"""Processes (Faber's heading): kill(-1) reaches only the sandbox's own processes, and
+daemons that double-fork out of the code's way die with the execution."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import threading
+import time
+
+import pytest
+
+from execbox.jobs import Job, Status
+
+from ..conftest import make_limits
+from .conftest import cmdlines_containing
+
+
+def test_kill_minus_one_kills_only_the_sandboxs_own_processes(engine) -> None:
+    host_victim = subprocess.Popen(["sleep", "30"])
+    zygotes = {name: z.proc.pid for name, z in engine.engine.zygotes.items() if z.proc}
+    try:
+        # a neighbour sandbox with a child of its own, running through the attack
+        victim = Job(
+            runtime="bash",
+            code="sleep 30 & child=$!; sleep 1.5; kill -0 $child && echo child-alive; "
+            "echo victim-done",
+            limits=make_limits(wall_time_s=10),
+        )
+        # the attacks: from the program (pid 2 under the sandbox's init) and from pid 1
+        shell = Job(
+            runtime="bash",
+            code="sleep 0.3; sleep 30 & sleep 30 & kill -9 -1; echo rc=$?; wait; echo done",
+            limits=make_limits(wall_time_s=10),
+        )
+        python = Job(
+            runtime="python",
+            code="""
+import json, os, signal, time
+time.sleep(0.3)
+kids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    kids.append(pid)
+os.kill(-1, signal.SIGKILL)
+codes = [os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids]
+print(json.dumps({"me": os.getpid(), "kids": codes}))
+""",
+            limits=make_limits(wall_time_s=10),
+        )
+        t0 = time.monotonic()
+        v, a, p = engine.many([victim, shell, python])
+        elapsed = time.monotonic() - t0
+        # the attackers' own children died, the attackers lived and ended normally
+        assert (a.status, a.stdout) == (Status.SUCCESS, b"rc=0\ndone\n"), a
+        assert p.status is Status.SUCCESS, p.stderr
+        assert json.loads(p.stdout) == {"me": 1, "kids": [-9, -9]}
+        # nothing else was reached: the neighbour, its child, the host, the zygotes
+        assert (v.status, v.stdout) == (Status.SUCCESS, b"child-alive\nvictim-done\n"), v
+        assert elapsed < 8, elapsed  # the attackers' 30 s sleeps were killed
+        assert host_victim.poll() is None
+        for name, pid in zygotes.items():
+            z = engine.engine.zygotes[name]
+            assert z.proc is not None and z.proc.pid == pid and z.proc.poll() is None, name
+        assert engine.py("print('after')").stdout == b"after\n"
+    finally:
+        host_victim.kill()
+        host_victim.wait()
+
+
+DAEMONS = {
+    "python": """
+import os, signal, time
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    if os.fork() == 0:  # the daemon: no session leader, deaf to SIGHUP and SIGTERM
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.execv("/bin/sleep", ["sleep-{marker}", "60"])
+    os._exit(0)
+os.waitpid(pid, 0)
+print("daemonized", flush=True)
+time.sleep(1)
+""",
+    "bash": """
+trap '' HUP TERM
+( setsid bash -c 'exec -a sleep-{marker} sleep 60' </dev/null >/dev/null 2>&1 & )
+nohup bash -c 'exec -a sleep-{marker} sleep 60' </dev/null >/dev/null 2>&1 & disown
+echo daemonized
+sleep 1
+""",
+}
+
+
+@pytest.mark.parametrize("runtime", sorted(DAEMONS))
+def test_double_forked_daemons_die_with_the_execution(engine, runtime: str) -> None:
+    marker = f"execbox-daemon-{secrets.token_hex(6)}"
+    seen: list[int] = []
+
+    def watch() -> None:  # the host sees the daemons while the execution runs
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            seen.extend(cmdlines_containing(marker))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    out = engine.run(
+        Job(
+            runtime=runtime,
+            code=DAEMONS[runtime].replace("{marker}", marker),
+            limits=make_limits(wall_time_s=10),
+        )
+    )
+    left = cmdlines_containing(marker)  # at once: the pid namespace died with its init
+    watcher.join()
+    assert (out.status, out.stdout) == (Status.SUCCESS, b"daemonized\n"), out
+    assert seen, "the daemons never ran: the test would prove nothing"
+    assert left == [], f"daemons outlived the execution: {left}"
