@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 import time
 
@@ -104,6 +105,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         node_id=args.node_id or settings.node_id,
         advertise_url=args.advertise or settings.advertise_url,
     )
+    from execbox.engine import sandbox_uid_base
+
+    try:
+        sandbox_uid_base(settings, os.getpid())
+    except ValueError as exc:
+        print(f"execbox: bad configuration: {exc}", file=sys.stderr)
+        return 2
     if settings.redis_url:
         from execbox.cluster.link import RedisLink
 

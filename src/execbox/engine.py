@@ -86,6 +86,28 @@ def pool_target(z: Supervisor, now: float, floor: int, ceiling: int) -> int:
     return z.pool_target - 1
 
 
+ZYGOTES_MAX = 4  # python, node, bash and one spare: the uid span each server takes
+
+
+def sandbox_uid_base(s: Settings, pid: int) -> int:
+    """The first outside uid of this server's sandboxes: from the settings, or from the pid
+    so that servers on one host don't clash. Never inside the session uids' range: a
+    sandbox must not share a uid with any other sandbox, a session's included."""
+    span = UIDS_PER_ZYGOTE * ZYGOTES_MAX
+    lo, hi = s.session_uid_base, s.session_uid_base + s.session_uid_count
+    if s.uid_base:
+        if s.uid_base < hi and lo < s.uid_base + span:
+            raise ValueError(
+                f"uid_base: sandbox uids {s.uid_base}..{s.uid_base + span - 1} overlap the "
+                f"session uids {lo}..{hi - 1}"
+            )
+        return s.uid_base
+    base = 100_000_000 + (pid % 4096) * span
+    if base < hi and lo < base + span:
+        base = hi + (pid % 4096) * span
+    return base
+
+
 @dataclass
 class EngineStats:
     queued: int = 0
@@ -109,7 +131,7 @@ class Engine:
 
     def _launch(self, index: int, runtime: str) -> ZygoteLaunch:
         s = self.settings
-        base = s.uid_base or 1_000_000 + (os.getpid() % 4096) * UIDS_PER_ZYGOTE * 4
+        base = sandbox_uid_base(s, os.getpid())
         prefix = s.cgroup_prefix or f"execbox/{os.getpid()}"
         ro_paths = [os.path.dirname(self.paths.python_bin_dir)]  # the runtime env's home
         return ZygoteLaunch(
