@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -126,6 +127,7 @@ class Engine:
         self.started = False
         self.listeners: list[Any] = []  # callables(job, outcome), e.g. metrics
         self._autoscaler: asyncio.Task[None] | None = None
+        self._tag = secrets.token_hex(3)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -137,7 +139,7 @@ class Engine:
         return ZygoteLaunch(
             runtime=runtime,
             python=s.runtime_python,
-            root=f"/tmp/.execbox-root-{os.getpid()}-{runtime}",
+            root=self._root_of(runtime),
             ro_paths=ro_paths,
             uid_base=base + index * UIDS_PER_ZYGOTE,
             uid_count=UIDS_PER_ZYGOTE,
@@ -195,7 +197,7 @@ class Engine:
             n = driver.sweep_dead_servers()
             if n:
                 log.warning("removed %d cgroups left by servers that died", n)
-        for path in glob.glob("/tmp/.execbox-root-*-*"):
+        for path in glob.glob("/tmp/.execbox-root-*-*-*"):
             pid = path.rsplit("/", 1)[1].split("-")[2]
             if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
                 with contextlib.suppress(OSError):
@@ -211,12 +213,20 @@ class Engine:
         keep = {z.proc.pid for z in self.zygotes.values() if z.proc is not None}
         return reaper.reap_orphans(keep)
 
+    def _root_of(self, runtime: str) -> str:
+        # the server's pid (for the sweep) and this engine's own tag: two engines of one
+        # process must not remove each other's roots
+        return f"/tmp/.execbox-root-{os.getpid()}-{self._tag}-{runtime}"
+
     async def close(self) -> None:
         if self._autoscaler is not None:
             self._autoscaler.cancel()
         await asyncio.gather(*(z.close() for z in self.zygotes.values()))
         self.started = False
         await asyncio.to_thread(self._remove_own_cgroups)
+        for runtime in self.zygotes:
+            with contextlib.suppress(OSError):  # an empty mount point on the host's side
+                os.rmdir(self._root_of(runtime))
 
     def _remove_own_cgroups(self) -> None:
         prefix = self.settings.cgroup_prefix or f"execbox/{os.getpid()}"

@@ -24,6 +24,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -36,6 +37,23 @@ from execbox.sandbox.cgroups import CgroupDriver
 
 SCRATCH_PREFIX = f"execbox-sectest-{os.getpid()}-"
 SETTLE_S = 6.0
+
+
+def live_zygote_roots() -> set[str]:
+    """The roots of every live zygote of any engine (the API tests' engine runs beside
+    this one): each names its root on its command line."""
+    found: set[str] = set()
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit():
+            continue
+        try:
+            with open(f"/proc/{proc}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if "execbox.sandbox.zygote" in cmd:
+            found.update(re.findall(r'"root": "(/tmp/\.execbox-root-[^"]+)"', cmd))
+    return found
 
 
 def scratch_dir() -> str:
@@ -195,7 +213,7 @@ def leftovers(runner, zygote_mounts: dict[int, set[str]]) -> list[str]:  # type:
         problems.append(
             f"session directories {sorted(dirs)} != sessions {sorted(runner.store.all_sessions())}"
         )
-    roots = {z.launch.root for z in eng.zygotes.values()}
+    roots = {z.launch.root for z in eng.zygotes.values()} | live_zygote_roots()
     stray_roots = set(glob.glob(f"/tmp/.execbox-root-{os.getpid()}-*")) - roots
     if stray_roots:
         problems.append(f"zygote roots of no zygote: {stray_roots}")

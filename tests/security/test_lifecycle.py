@@ -157,12 +157,6 @@ def test_a_stopped_server_leaves_no_process_cgroup_or_mount(stopped_server: dict
     assert os.listdir(r["sessions_root"]) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect, reported: Engine.close() leaves its zygotes' empty root mount points "
-    "/tmp/.execbox-root-<server pid>-<runtime> on the host; only the next server's start "
-    "sweeps them. The fix belongs in engine.py (a path unique per engine, removed on close).",
-)
 def test_a_stopped_server_leaves_no_temporary_directory(stopped_server: dict) -> None:
     roots = glob.glob(f"/tmp/.execbox-root-{stopped_server['pid']}-*")
     for path in roots:  # clean up after the check: they are empty
