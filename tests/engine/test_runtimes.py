@@ -93,3 +93,11 @@ def test_timings_are_measured(engine) -> None:
     out = engine.py("print(1)")
     t = out.timings
     assert 0 < t.fork_ms < t.total_ms and 0 < t.exec_ms < t.total_ms
+
+
+def test_a_file_that_is_also_a_directory_is_refused_before_any_sandbox(engine) -> None:
+    from execbox.runtimes import InvalidJob
+
+    job = Job(runtime="command", argv=["cat", "a"], files={"a": b"x", "a/b": b"y"})
+    with pytest.raises(InvalidJob, match="'a/b' needs 'a' to be a directory"):
+        engine.run(job)

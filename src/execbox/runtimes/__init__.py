@@ -81,6 +81,7 @@ def payload(job: Job, paths: RuntimePaths) -> dict[str, Any]:
         {"path": check_relative_path(name), "data": base64.b64encode(data).decode(), "mode": 0o644}
         for name, data in job.files.items()
     ]
+    _check_file_tree([f["path"] for f in files])
     out: dict[str, Any] = {
         "env": env,
         "files": files,
@@ -125,6 +126,19 @@ def payload(job: Job, paths: RuntimePaths) -> dict[str, Any]:
     else:
         raise InvalidJob(f"runtime: unknown runtime {job.runtime!r}")
     return out
+
+
+def _check_file_tree(paths: list[str]) -> None:
+    """A file cannot also be the directory of another: refuse it here, not in a sandbox."""
+    names = set(paths)
+    for path in paths:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in names:
+                raise InvalidJob(
+                    f"files: {path!r} needs {parent!r} to be a directory, but it is a file"
+                )
 
 
 def stdin_for(job: Job) -> bytes:

@@ -312,6 +312,10 @@ def main(spec: ChildSpec, sync_fd: int, fds: tuple[int, ...]) -> None:
         status = run_job(spec)
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else EXIT_SETUP_FAILED
-    except BaseException:
+    except BaseException as exc:
+        # before the code ran (its files could not be written, say): the code's stderr is
+        # where the caller looks, and this is the sandbox's own failure, not the code's
+        with contextlib.suppress(OSError):
+            os.write(2, f"execbox: the job could not start: {type(exc).__name__}: {exc}\n".encode())
         status = EXIT_SETUP_FAILED
     os._exit(status)
