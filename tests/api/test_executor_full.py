@@ -158,3 +158,10 @@ def test_callback_to_a_host_off_the_allow_list_is_refused(client: TestClient) ->
     body = ex("print(1)", **{"async": True, "callback_url": "http://10.0.0.5/hook"})
     r = client.post("/execute", json=body)
     assert r.status_code == 400 and "allow-list" in r.json()["detail"]
+
+
+def test_a_huge_page_offset_is_a_422_naming_it_not_a_500(client) -> None:
+    # found by `make fuzz`: an offset past SQLite's integer range crashed the store
+    r = client.get(f"/sessions/any/executions?offset={10**20}")
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["query", "offset"]

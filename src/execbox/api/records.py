@@ -95,7 +95,7 @@ async def list_executions(
     request: Request,
     session_id: str,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=1_000_000_000),
 ) -> JSONResponse:
     _admit(request)
     store = request.app.state.records
