@@ -137,3 +137,23 @@ def test_prestarted_bash_keeps_a_scripts_exit_signal_stdin_and_return(engine) ->
     # and a command in the bash pool is its own program, not a bash builtin's view of it
     out = engine.run(Job(runtime="command", argv=["/bin/sh", "-c", "echo $0"]))
     assert out.stdout == b"/bin/sh\n"
+
+
+def test_prestarted_node_exits_as_a_fresh_node_would(engine) -> None:
+    # the warm node leaves without V8's teardown, but only once the program is done
+    cases = {
+        "process.on('exit', c => { console.log('bye', c); process.exitCode = 4 });"
+        " setTimeout(() => console.log('later'), 50); console.log('now')": (
+            4, b"now\nlater\nbye 0\n", b""),
+        "throw new Error('boom')": (1, b"", b"Error: boom"),
+        "Promise.reject(new Error('rejected'))": (1, b"", b"Error: rejected"),
+        "process.stdout.write('x'.repeat(300000)); process.exitCode = 7": (7, b"x" * 300000, b""),
+    }  # fmt: skip
+    for code, (exit_code, stdout, stderr) in cases.items():
+        time.sleep(0.1)
+        out = engine.run(Job(runtime="node", code=code))
+        assert out.exit_code == exit_code, (code, out)
+        assert out.stdout == stdout, (code, out.stdout[:80])
+        assert stderr in out.stderr, (code, out.stderr)
+        if stderr:  # node's own report of the uncaught error, to its end
+            assert out.stderr.rstrip().split(b"\n")[-1].startswith(b"Node.js v"), out.stderr
