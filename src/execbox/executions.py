@@ -6,7 +6,6 @@ failed and may call back; after a crash every accepted, unfinished execution is 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import logging
@@ -15,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from execbox import callbacks
+from execbox.background import Background
 from execbox.engine import Engine
 from execbox.jobs import Job, Limits, Outcome, Status
 from execbox.store.sqlite import Store
@@ -125,7 +125,7 @@ class Executions:
         self.callback_policy = callback_policy
         self.node = node
         self.queue = queue  # cluster mode: async work goes through the shared queue
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background(log, "background execution work")
 
     async def _create(
         self, exec_id: str, dialect: str, job: Job, status: str, callback_url: str | None
@@ -163,7 +163,7 @@ class Executions:
             await self._create(exec_id, dialect, job, "running", None)
             await self._finish(exec_id, outcome)
 
-        self._spawn(write())
+        self._background.spawn(write())
 
     async def submit(
         self, exec_id: str, dialect: str, job: Job, callback_url: str | None
@@ -180,7 +180,7 @@ class Executions:
             )
         record, created = await self._create(exec_id, dialect, job, "pending", callback_url)
         if created:
-            self._spawn(self._run_async(exec_id, dataclasses.replace(job, id=exec_id)))
+            self._background.spawn(self._run_async(exec_id, dataclasses.replace(job, id=exec_id)))
         return record, created
 
     async def _run_async(self, exec_id: str, job: Job) -> None:
@@ -241,19 +241,9 @@ class Executions:
 
         payload = {k: record[k] for k in ("id", "session_id", "status", "result", "error")}
         payload["execution_id"] = payload.pop("id")
-        self._spawn(callbacks.deliver(record["callback_url"], payload, self.callback_policy, note))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # a record that could not be written (a full disk, say) is logged, and health
-            # says why; the client already has its answer
-            log.error("background execution work failed: %r", task.exception())
+        self._background.spawn(
+            callbacks.deliver(record["callback_url"], payload, self.callback_policy, note)
+        )
 
     async def recover(self) -> dict[str, int]:
         """After a restart: re-run what never started, mark what was running interrupted."""
@@ -262,7 +252,7 @@ class Executions:
             req = rec["request"]
             if rec["status"] == "pending" and not req.get("code_truncated"):
                 job = job_from_dict(req, rec["id"])
-                self._spawn(self._run_async(rec["id"], job))
+                self._background.spawn(self._run_async(rec["id"], job))
                 rerun += 1
             else:
                 await self.interrupt(
@@ -272,8 +262,7 @@ class Executions:
         return {"rerun": rerun, "interrupted": interrupted}
 
     async def drain(self, timeout: float = 10.0) -> None:
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        await self._background.wait(timeout)
 
     @property
     def active(self) -> int:

@@ -113,15 +113,30 @@ def test_a_session_made_through_a_works_through_b(cluster: Cluster) -> None:
         assert listed["total"] == 2
 
 
-def test_a_forwarded_request_keeps_its_auth(cluster: Cluster) -> None:
+def test_a_forwarded_request_keeps_its_auth_and_is_counted_once(cluster: Cluster) -> None:
     a, b = cluster.nodes["node-a"], cluster.nodes["node-b"]
     session = uid("s")
+
+    def remaining(r: httpx.Response) -> int:
+        return int(r.headers["x-ratelimit-remaining"])
+
     with cluster.client(KEYS[4]) as c:
         assert run_exec(c, a.url, session, "print(1)").status_code == 200
+        # through B, served by A: the shared count drops by one a request, not two
+        first = c.get(f"{b.url}/sessions/{session}")
+        second = c.get(f"{b.url}/sessions/{session}")
+        assert first.status_code == second.status_code == 200
+        assert second.headers["x-execbox-node"] == "node-a"
+        assert remaining(first) - remaining(second) == 1
+        # a forged forwarding token does not spare a request its count
+        forged = c.get(f"{a.url}/sessions/{session}",
+                       headers={"x-execbox-forwarded-by": "node-b",
+                                "x-execbox-cluster-token": "guess"})  # fmt: skip
+        assert forged.status_code == 200 and remaining(second) - remaining(forged) == 1
     with cluster.client("not-a-key") as bad:
+        # the original auth travels with a forwarded request, and is checked
         r = run_exec(bad, b.url, session, "print(1)")
         assert r.status_code == 401
-        # a forged forwarding header gets no further
         r = bad.get(f"{a.url}/sessions/{session}",
                     headers={"x-execbox-forwarded-by": "node-b",
                              "x-execbox-cluster-token": "guess"})  # fmt: skip

@@ -27,12 +27,24 @@ def _admit(request: Request) -> None:
 
 
 async def _elsewhere(request: Request, session_id: str, place: bool = False) -> Response | None:
-    """In a cluster, the answer of the node that holds the session, if not this one."""
+    """Admit the request; then, in a cluster, the answer of the node that holds the
+    session, if not this one."""
+    _admit(request)
     try:
         S.check_id(session_id)
     except S.SessionError as exc:
         raise ApiError(400, str(exc), D) from None
     return await common.route_session(request, session_id, D, place=place)
+
+
+def _file_error(exc: Exception, session_id: str, path: str, verb: str) -> ApiError:
+    if isinstance(exc, S.SessionError):
+        return ApiError(400, str(exc), D)
+    if isinstance(exc, FileNotFoundError):
+        return ApiError(404, f"file {path!r} not found in session {session_id!r}", D)
+    assert isinstance(exc, OSError)
+    # a symlink, a directory, a device or a file too large: refused, never followed
+    return ApiError(400, f"path: {path!r} cannot be {verb}: {exc.strerror}", D)
 
 
 def _records_down(exc: RedisDown) -> ApiError:
@@ -65,7 +77,6 @@ async def get_execution(request: Request, execution_id: str) -> JSONResponse:
 
 @router.get("/sessions/{session_id}", summary="A session's state, size and last use")
 async def get_session(request: Request, session_id: str) -> Response:
-    _admit(request)
     if (elsewhere := await _elsewhere(request, session_id)) is not None:
         return elsewhere
     ws = _workspace(request, session_id)
@@ -74,12 +85,15 @@ async def get_session(request: Request, session_id: str) -> Response:
 
 @router.delete("/sessions/{session_id}", summary="Remove a session and its workspace")
 async def delete_session(request: Request, session_id: str) -> Response:
-    _admit(request)
     cluster = common.cluster(request)
-    if cluster is not None and await cluster.owner_is_gone(session_id):
+    try:
+        elsewhere = await _elsewhere(request, session_id)
+    except ApiError as exc:
+        if exc.status != 410 or cluster is None:
+            raise
         await cluster.forget(session_id)  # a lost session may now start again, empty
         return Response(status_code=204)
-    if (elsewhere := await _elsewhere(request, session_id)) is not None:
+    if elsewhere is not None:
         return elsewhere
     sessions = common.sessions(request)
     _workspace(request, session_id)
@@ -116,7 +130,6 @@ async def list_executions(
 
 @router.get("/sessions/{session_id}/files", summary="The files of a session's workspace")
 async def list_files(request: Request, session_id: str) -> Response:
-    _admit(request)
     if (elsewhere := await _elsewhere(request, session_id)) is not None:
         return elsewhere
     ws = _workspace(request, session_id)
@@ -126,32 +139,24 @@ async def list_files(request: Request, session_id: str) -> Response:
 
 @router.get("/sessions/{session_id}/files/{path:path}", summary="Download a file")
 async def download(request: Request, session_id: str, path: str) -> Response:
-    _admit(request)
     if (elsewhere := await _elsewhere(request, session_id)) is not None:
         return elsewhere
     ws = _workspace(request, session_id)
     try:
         data = await asyncio.to_thread(S.read_file, ws, path, MAX_FILE_BYTES)
-    except S.SessionError as exc:
-        raise ApiError(400, str(exc), D) from None
-    except FileNotFoundError:
-        raise ApiError(404, f"file {path!r} not found in session {session_id!r}", D) from None
-    except OSError as exc:
-        # a symlink, a directory, a device or a file too large: refused, never followed
-        raise ApiError(400, f"path: {path!r} cannot be read: {exc.strerror}", D) from None
+    except (S.SessionError, OSError) as exc:
+        raise _file_error(exc, session_id, path, "read") from None
     return Response(data, media_type=S.mimetypes.guess_type(path)[0] or "application/octet-stream")
 
 
 @router.put("/sessions/{session_id}/files/{path:path}", summary="Upload a file")
 async def upload(request: Request, session_id: str, path: str) -> Response:
-    _admit(request)
+    if (elsewhere := await _elsewhere(request, session_id, place=True)) is not None:
+        return elsewhere
     try:
-        S.check_id(session_id)
         S.resolve_rel(path)
     except S.SessionError as exc:
         raise ApiError(400, str(exc), D) from None
-    if (elsewhere := await _elsewhere(request, session_id, place=True)) is not None:
-        return elsewhere
     sessions = common.sessions(request)
     try:
         ws = await asyncio.to_thread(sessions.ensure, session_id)
@@ -172,16 +177,11 @@ async def upload(request: Request, session_id: str, path: str) -> Response:
 
 @router.delete("/sessions/{session_id}/files/{path:path}", summary="Remove a file")
 async def remove(request: Request, session_id: str, path: str) -> Response:
-    _admit(request)
     if (elsewhere := await _elsewhere(request, session_id)) is not None:
         return elsewhere
     ws = _workspace(request, session_id)
     try:
         await asyncio.to_thread(S.delete_file, ws, path)
-    except S.SessionError as exc:
-        raise ApiError(400, str(exc), D) from None
-    except FileNotFoundError:
-        raise ApiError(404, f"file {path!r} not found in session {session_id!r}", D) from None
-    except OSError as exc:
-        raise ApiError(400, f"path: {path!r} cannot be removed: {exc.strerror}", D) from None
+    except (S.SessionError, OSError) as exc:
+        raise _file_error(exc, session_id, path, "removed") from None
     return Response(status_code=204)

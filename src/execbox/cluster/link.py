@@ -65,7 +65,11 @@ class RedisLink:
         self.error = f"{type(exc).__name__}: {exc}"
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.run, fn, *args)
+        """fn through run(), in a thread: the event loop never waits on Redis."""
+        return await self.in_thread(self.run, fn, *args)
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def ping(self) -> bool:
         try:

@@ -270,17 +270,6 @@ class Cluster:
         except RedisDown:
             log.warning("redis is down: session %s keeps its placement for now", session_id)
 
-    async def owner_is_gone(self, session_id: str) -> bool:
-        try:
-            owner = await self.link.call(self.placement.owner, session_id)
-            return (
-                owner is not None
-                and owner != self.me
-                and not await self.link.call(self.registry.is_alive, owner)
-            )
-        except RedisDown:
-            return False
-
     async def _forward(
         self, request: Request, node: NodeInfo, session_id: str, dialect: Dialect
     ) -> Response:

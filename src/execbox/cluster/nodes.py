@@ -76,4 +76,4 @@ def best_for_new_session(nodes: list[NodeInfo], me: str, runtime: str | None) ->
     fit = [n for n in nodes if runtime is None or runtime in n.runtimes] or nodes
     if not fit:
         return me
-    return max(fit, key=lambda n: (n.free, n.id == me, [-ord(c) for c in n.id])).id
+    return min(fit, key=lambda n: (-n.free, n.id != me, n.id)).id

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from execbox.background import Background
 from execbox.cluster.link import PREFIX, RedisDown, RedisLink
 from execbox.cluster.nodes import Registry
 from execbox.cluster.placement import Placement
@@ -94,7 +95,7 @@ class JobQueue:
         self._renew = link.client.register_script(RENEW)
         self._release = link.client.register_script(RELEASE)
         self._taking = 0  # entries read but not yet holding an engine slot
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background(log, "queued execution work")
         self.taken = 0  # entries this node has run, for health and tests
 
     # ---- submitting ------------------------------------------------------------------------
@@ -174,14 +175,14 @@ class JobQueue:
             for stream, entries in got or []:
                 for entry_id, fields in entries:
                     self._taking += 1
-                    self._spawn(self.handle(stream, entry_id, fields, taking=True))
+                    self._background.spawn(self.handle(stream, entry_id, fields, taking=True))
 
     async def reclaim(self) -> None:
         """Take over what dead nodes left: entries whose lease lapsed, and dead nodes'
         streams."""
         for stream, entries in await self.link.call(self._claimable):
             for entry_id, fields in entries:
-                self._spawn(self.handle(stream, entry_id, fields))
+                self._background.spawn(self.handle(stream, entry_id, fields))
 
     def _claimable(self) -> list[tuple[str, list[Any]]]:
         r = self.link.client
@@ -303,19 +304,7 @@ class JobQueue:
             except RedisDown:
                 continue
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("queued execution work failed: %r", task.exception())
-
     async def close(self, timeout: float = 5.0) -> None:
         """Let what runs finish for a while; what is cut short is claimed by another node."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
-        for t in list(self._tasks):
-            t.cancel()
+        await self._background.wait(timeout)
+        self._background.cancel()

@@ -10,7 +10,6 @@ own SQLite store and moved to Redis once Redis is back (ClusterRecords.sync_back
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -253,25 +252,31 @@ class ClusterRecords:
     def __init__(self, redis: RedisRecords, local: Store) -> None:
         self.redis = redis
         self.local = local
+        # the ids held in the local store: one set lookup on the hot path, not a query
+        self._local_ids = set(local.execution_ids())
         self._inflight: dict[str, dict[str, Any]] = {}  # create arguments, until finished
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.redis.link._pool, fn, *args)
+        return await self.redis.link.in_thread(fn, *args)
+
+    def _create_locally(self, exec_id: str, **kw: Any) -> tuple[dict[str, Any], bool]:
+        self._local_ids.add(exec_id)
+        return self.local.create_execution(exec_id, **kw)
 
     def create_execution(self, exec_id: str, **kw: Any) -> tuple[dict[str, Any], bool]:
-        if self.local.get_execution(exec_id) is not None:
+        if exec_id in self._local_ids:
             return self.local.create_execution(exec_id, **kw)
         try:
             record, created = self.redis.create_execution(exec_id, **kw)
         except RedisDown:
             log.warning("redis is down: execution %s is recorded on this node", exec_id)
-            return self.local.create_execution(exec_id, **kw)
+            return self._create_locally(exec_id, **kw)
         if created:
             self._inflight[exec_id] = kw
         return record, created
 
     def update_execution(self, exec_id: str, **kw: Any) -> None:
-        if self.local.get_execution(exec_id) is not None:
+        if exec_id in self._local_ids:
             self.local.update_execution(exec_id, **kw)
             return
         try:
@@ -281,14 +286,15 @@ class ClusterRecords:
             if made is None:
                 raise
             # made in Redis, finished while it was down: keep it here until it is back
-            self.local.create_execution(exec_id, **{**made, "status": "running"})
+            self._create_locally(exec_id, **{**made, "status": "running"})
             self.local.update_execution(exec_id, **kw)
         if kw.get("status") in FINAL_STATUSES:
             self._inflight.pop(exec_id, None)
 
     def get_execution(self, exec_id: str) -> dict[str, Any] | None:
-        found = self.local.get_execution(exec_id)
-        return found if found is not None else self.redis.get_execution(exec_id)
+        if exec_id in self._local_ids:
+            return self.local.get_execution(exec_id)
+        return self.redis.get_execution(exec_id)
 
     def list_session_executions(
         self, session_id: str, limit: int, offset: int
@@ -296,7 +302,7 @@ class ClusterRecords:
         return self.redis.list_session_executions(session_id, limit, offset)
 
     def record_callback_attempt(self, exec_id: str, *args: Any) -> None:
-        if self.local.get_execution(exec_id) is not None:
+        if exec_id in self._local_ids:
             self.local.record_callback_attempt(exec_id, *args)
         else:
             self.redis.record_callback_attempt(exec_id, *args)
@@ -317,5 +323,6 @@ class ClusterRecords:
                     rec["id"], a["attempt"], a["status_code"], a["error"]
                 )
             self.local.delete_execution(rec["id"])
+            self._local_ids.discard(rec["id"])
             moved += 1
         return moved

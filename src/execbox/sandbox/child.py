@@ -201,12 +201,18 @@ def _prestart(argv: list[str]) -> tuple[int, int]:
 
 
 def _run_warm(pid: int, job_w: int, job: dict) -> int:
-    """Hand the job to the interpreter started ahead of time, with the job's limits."""
-    for name, value in job["rlimits"].items():
-        resource.prlimit(pid, RLIMITS[name], (value, value))
+    """Hand the job to the node started ahead of time (see node_prelude.js)."""
     msg = {k: job.get(k) for k in ("env", "argv", "cwd")}
     msg["handler"] = job.get("handler") is not None
-    data = memoryview(json.dumps(msg).encode())
+    return _hand_over(pid, job_w, job, json.dumps(msg).encode())
+
+
+def _hand_over(pid: int, job_w: int, job: dict, message: bytes) -> int:
+    """Give the interpreter started ahead of time the job's limits, then its message on
+    fd 4; wait for it as for any program."""
+    for name, value in job["rlimits"].items():
+        resource.prlimit(pid, RLIMITS[name], (value, value))
+    data = memoryview(message)
     with contextlib.suppress(OSError):  # it may have died already: its status says why
         while data:
             data = data[os.write(job_w, data) :]
@@ -233,8 +239,6 @@ def _can_source(job: dict) -> bool:
 def _run_warm_bash(pid: int, job_w: int, job: dict) -> int:
     """Give the job to the bash started ahead of time: its prelude sources job.sh, which
     sets the job's environment, directory and arguments, then runs the script in place."""
-    for name, value in job["rlimits"].items():
-        resource.prlimit(pid, RLIMITS[name], (value, value))
     q = shlex.quote
     # what a fresh `bash main.sh` has: the job's environment (not the pool's PATH and
     # HOME), bash's own PWD and SHLVL, no OLDPWD
@@ -247,11 +251,7 @@ def _run_warm_bash(pid: int, job_w: int, job: dict) -> int:
     lines.append(f". {q(job['source'])}")
     with open(BASH_JOB, "w") as f:
         f.write("\n".join(lines) + "\n")
-    with contextlib.suppress(OSError):  # it may have died already: its status says why
-        os.write(job_w, b"go\n")
-    os.close(job_w)
-    os.close(RESULT_FD)
-    return _wait_for(pid)
+    return _hand_over(pid, job_w, job, b"go\n")
 
 
 def _discard(pid: int, job_w: int) -> None:

@@ -228,6 +228,10 @@ class Store:
                 out.append(_record(r, [dict(a) for a in attempts]))
         return out
 
+    def execution_ids(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT id FROM executions")]
+
     def delete_execution(self, exec_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM callback_attempts WHERE execution_id=?", (exec_id,))
