@@ -195,13 +195,9 @@ class Executions:
         exec_id: str,
         record: dict[str, Any],
         start: Callable[[str], Awaitable[bool]],
-    ) -> bool:
-        """Run a queued execution this node has claimed; `start` moves it pending ->
-        running and says whether this node won it. Whether it ran here."""
-        req = record["request"]
-        if req.get("code_truncated"):
-            await self.interrupt(exec_id, TOO_LARGE)
-            return False
+    ) -> None:
+        """Run a queued execution this node has claimed (its whole code is queued, see
+        submit); `start` moves it pending -> running and says whether this node won it."""
         won = False
 
         async def started() -> bool:
@@ -209,11 +205,9 @@ class Executions:
             won = await start(exec_id)
             return won
 
-        outcome = await self.engine.run(job_from_dict(req, exec_id), on_start=started)
-        if not won:
-            return False
-        await self._finish(exec_id, outcome)
-        return True
+        outcome = await self.engine.run(job_from_dict(record["request"], exec_id), on_start=started)
+        if won:
+            await self._finish(exec_id, outcome)
 
     async def interrupt(self, exec_id: str, why: str) -> None:
         await self.store.call(

@@ -96,7 +96,6 @@ class JobQueue:
         self._release = link.client.register_script(RELEASE)
         self._taking = 0  # entries read but not yet holding an engine slot
         self._background = Background(log, "queued execution work")
-        self.taken = 0  # entries this node has run, for health and tests
 
     # ---- submitting ------------------------------------------------------------------------
 
@@ -277,8 +276,7 @@ class JobQueue:
         taken()
         renewer = asyncio.get_running_loop().create_task(self._keep(exec_id, token))
         try:
-            if await execs.run_claimed(exec_id, rec, self._start):
-                self.taken += 1
+            await execs.run_claimed(exec_id, rec, self._start)
         finally:
             renewer.cancel()
         await ack()

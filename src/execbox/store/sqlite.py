@@ -237,12 +237,6 @@ class Store:
             self._db.execute("DELETE FROM callback_attempts WHERE execution_id=?", (exec_id,))
             self._db.execute("DELETE FROM executions WHERE id=?", (exec_id,))
 
-    def count_active(self) -> int:
-        with self._lock:
-            return self._db.execute(
-                "SELECT count(*) FROM executions WHERE status IN ('pending', 'running')"
-            ).fetchone()[0]
-
     def record_callback_attempt(
         self, exec_id: str, attempt: int, status_code: int | None, error: str | None
     ) -> None:
