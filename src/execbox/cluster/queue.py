@@ -132,14 +132,17 @@ class JobQueue:
     # ---- consuming -------------------------------------------------------------------------
 
     def ensure_groups(self) -> None:
-        r = self.link.client
-        r.sadd(STREAMS, self.me)
+        self.link.client.sadd(STREAMS, self.me)
         for stream in (ANY, node_stream(self.me)):
-            try:
-                r.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            self._group(stream)
+
+    def _group(self, stream: str) -> None:
+        """The consumer group on a stream (made with the stream if need be), once."""
+        try:
+            self.link.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     def _read(self, count: int) -> list[Any]:
         try:
@@ -196,11 +199,7 @@ class JobQueue:
             if not r.exists(stream):
                 r.srem(STREAMS, node)
                 continue
-            try:
-                r.xgroup_create(stream, GROUP, id="0")
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            self._group(stream)
             _, claimed, _ = r.xautoclaim(stream, GROUP, self.me, 0, "0-0", count=100)
             fresh = r.xreadgroup(GROUP, self.me, {stream: ">"}, count=100)
             entries = claimed + [e for _, es in fresh or [] for e in es]
