@@ -177,9 +177,7 @@ class Cluster:
     async def _reclaim(self) -> None:
         while True:
             await asyncio.sleep(self.settings.lease_s / 2)
-            if not self.link.up:
-                continue
-            try:
+            try:  # while Redis is down this fails at once (and forgets who seemed gone)
                 await self.queue.reclaim()
             except RedisDown:
                 pass

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +95,7 @@ class JobQueue:
         self.executions: Executions | None = None
         self._renew = link.client.register_script(RENEW)
         self._release = link.client.register_script(RELEASE)
+        self._missing_since: dict[str, float] = {}  # node -> when first seen gone
         self._taking = 0  # entries read but not yet holding an engine slot
         self._background = Background(log, "queued execution work")
 
@@ -182,7 +184,12 @@ class JobQueue:
     async def reclaim(self) -> None:
         """Take over what dead nodes left: entries whose lease lapsed, and dead nodes'
         streams."""
-        for stream, entries in await self.link.call(self._claimable):
+        try:
+            claimable = await self.link.call(self._claimable)
+        except RedisDown:
+            self._missing_since.clear()  # what was seen before the outage says nothing now
+            raise
+        for stream, entries in claimable:
             for entry_id, fields in entries:
                 self._background.spawn(self.handle(stream, entry_id, fields))
 
@@ -192,8 +199,15 @@ class JobQueue:
         for stream in (ANY, node_stream(self.me)):
             _, claimed, _ = r.xautoclaim(stream, GROUP, self.me, self.lease_ms, "0-0", count=100)
             out.append((stream, claimed))
+        now = time.monotonic()
         for node in sorted(r.smembers(STREAMS)):
             if node == self.me or self.registry.is_alive(node):
+                self._missing_since.pop(node, None)
+                continue
+            # gone for a whole TTL as this node saw it with Redis up: after a Redis restart
+            # every key has lapsed, and the living must have a beat to say so
+            first = self._missing_since.setdefault(node, now)
+            if now - first < self.registry.ttl_s:
                 continue
             stream = node_stream(node)
             if not r.exists(stream):
