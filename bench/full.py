@@ -390,37 +390,41 @@ async def burst(n: int) -> dict[str, Any]:
                     polls.append((time.monotonic(), status, (time.perf_counter() - t) * 1000))
                     stop.wait(max(0.0, 0.2 - (time.perf_counter() - t)))
 
-        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         body = {"code": SLEEP_CODE, "timeout_seconds": 60}
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        # the minimal client, one connection per request: httpx's own CPU cost, on the same
+        # two cores, was a large part of what this measured
+        conns = [Conn(port) for _ in range(n)]
+        poller = threading.Thread(target=poll, daemon=True)
+        try:
             for _ in range(3):  # warm-up
-                await client.post("/v1/exec", json={"code": "print(1)"})
+                await conns[0].post("/v1/exec", {"code": "print(1)"})
             bar = Bar(f"{n} concurrent sleep(1)", n)
-            poller = threading.Thread(target=poll, daemon=True)
             poller.start()
             await asyncio.sleep(0.5)  # a few polls before the burst
             t0 = time.monotonic()
             finished: list[float] = []
             outcomes: dict[str, int] = {}
 
-            async def one() -> None:
+            async def one(conn: Conn) -> None:
                 try:
-                    r = await client.post("/v1/exec", json=body)
-                    out = r.json()
-                    ok = r.status_code == 200 and out.get("exit_code") == 0
+                    code, out = await conn.post("/v1/exec", body)
+                    ok = code == 200 and out.get("exit_code") == 0
                     why = out.get("status") or str(out.get("error"))[:60]
-                    key = "ok" if ok else f"{r.status_code} {why}"
-                except httpx.HTTPError as exc:
+                    key = "ok" if ok else f"{code} {why}"
+                except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
                     key = type(exc).__name__
                 outcomes[key] = outcomes.get(key, 0) + 1
                 finished.append(time.monotonic() - t0)
                 bar.add()
 
-            await asyncio.gather(*(one() for _ in range(n)))
+            await asyncio.gather(*(one(c) for c in conns))
             elapsed = time.monotonic() - t0
             bar.close()
             await asyncio.sleep(0.5)  # a few polls after
+        finally:
             stop.set()
+            await asyncio.gather(*(c.close() for c in conns))
+        if poller.ident is not None:
             await asyncio.to_thread(poller.join)
     during = [p for p in polls if t0 <= p[0] <= t0 + elapsed]
     statuses: dict[str, int] = {}
