@@ -31,6 +31,10 @@ from execbox.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits
 from execbox.sandbox.seccomp import build_filter
 
 POLL_S = 0.05
+# Sampling a sandbox costs ~a dozen syscalls. With hundreds running, sampling them all every
+# tick kept the zygote too busy to clone; a tick samples in turn for at most this long,
+# newest sandboxes first, so under load each is sampled less often but cloning goes on.
+POLL_BUDGET_S = 0.005
 CLONE_FLAGS = (
     libc.CLONE_NEWNS
     | libc.CLONE_NEWPID
@@ -84,7 +88,6 @@ class Sandbox:
     fds_hit: bool = False
     nofile: int | None = None
     session: dict[str, Any] | None = None
-    spawn_ms: float = 0.0
 
 
 @dataclass
@@ -97,6 +100,8 @@ class Zygote:
     free_uids: deque[int] = field(default_factory=deque)
     live: dict[str, Sandbox] = field(default_factory=dict)
     pool: deque[str] = field(default_factory=deque)  # not yet taken, oldest first
+    running: dict[str, Sandbox] = field(default_factory=dict)  # taken and not yet reaped
+    sample_order: deque[str] = field(default_factory=deque)  # of running, next first
     seq: int = 0
     landlock_abi: int = 0
     engine_gone: bool = False
@@ -150,10 +155,8 @@ class Zygote:
             os.close(fd)
         try:
             pidfd = os.pidfd_open(pid)
-            with open(f"/proc/{pid}/uid_map", "w") as f:
-                f.write(f"{mounts.SANDBOX_UID} {uid} 1\n")
-            with open(f"/proc/{pid}/gid_map", "w") as f:
-                f.write(f"{mounts.SANDBOX_GID} {uid} 1\n")
+            _write_map(f"/proc/{pid}/uid_map", f"{mounts.SANDBOX_UID} {uid} 1\n")
+            _write_map(f"/proc/{pid}/gid_map", f"{mounts.SANDBOX_GID} {uid} 1\n")
             os.write(sync_w, b"G")
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
@@ -169,8 +172,6 @@ class Zygote:
         box = Sandbox(
             sid, pid, pidfd, uid, cg, ready_r, [job_w, in_w, out_r, err_r, res_r], created
         )
-        box.spawn_ms = (time.monotonic() - created) * 1000
-        box.limits = limits
         box.spawn_ms = (time.monotonic() - created) * 1000
         box.limits = limits
         box.session = session
@@ -213,6 +214,8 @@ class Zygote:
             self.pool.remove(sid)
         box = self.live[sid]
         box.taken = True
+        self.running[sid] = box
+        self.sample_order.appendleft(sid)
         try:
             lim = msg.get("limits") or {}
             bw = lim.get("cpu_bandwidth")
@@ -301,6 +304,7 @@ class Zygote:
         if self.live[sid].ready_fd >= 0:  # collect its last words first
             self.on_ready(sid)
         box = self.live.pop(sid)
+        self.running.pop(sid, None)
         if box.ready_fd >= 0:
             self.sel.unregister(box.ready_fd)
             os.close(box.ready_fd)
@@ -348,8 +352,7 @@ class Zygote:
         sandboxes run, it only refills below half the pool."""
         if not self.free_uids or len(self.pool) >= self.cfg.pool_size:
             return False
-        running = len(self.live) - len(self.pool)
-        return running == 0 or len(self.pool) < max(1, self.cfg.pool_size // 2)
+        return not self.running or len(self.pool) < max(1, self.cfg.pool_size // 2)
 
     def serve(self) -> None:
         self.sock.setblocking(True)
@@ -358,15 +361,14 @@ class Zygote:
         next_poll = 0.0
         while True:
             # requests and exits come first; refill only when nothing else is waiting
-            running = [b for b in self.live.values() if b.taken]
             timeout: float | None = None
-            if running:
+            if self.running:
                 timeout = max(0.0, next_poll - time.monotonic())
             if self.wants_refill():
                 timeout = 0
             events = self.sel.select(timeout)
-            if running and time.monotonic() >= next_poll:
-                self.poll(running)
+            if self.running and time.monotonic() >= next_poll:
+                self.poll()
                 next_poll = time.monotonic() + POLL_S
             if not events:
                 if self.wants_refill():
@@ -387,19 +389,30 @@ class Zygote:
                 elif kind == "exit":
                     self.on_exit(sid)
 
-    def poll(self, running: list[Sandbox]) -> None:
+    def poll(self) -> None:
         """Sample what the kernel does not keep a peak of (v1 has no pids.peak) and enforce
         the cpu budget over all of a sandbox's processes (RLIMIT_CPU is per process)."""
-        for box in running:
-            cur = box.cgroup.pids_current()
-            if cur is not None and cur > box.pids_peak:
-                box.pids_peak = cur
-            self._sample_fds(box)
-            if box.cpu_limit_ns and not box.cpu_killed:
-                used = box.cgroup.cpu_usage_ns()
-                if used is not None and used >= box.cpu_limit_ns:
-                    box.cpu_killed = True
-                    self.kill(box)
+        deadline = time.monotonic() + POLL_BUDGET_S
+        for _ in range(len(self.sample_order)):
+            sid = self.sample_order.popleft()
+            box = self.running.get(sid)
+            if box is None:  # reaped since
+                continue
+            self.sample_order.append(sid)
+            self._sample(box)
+            if time.monotonic() >= deadline:
+                return
+
+    def _sample(self, box: Sandbox) -> None:
+        cur = box.cgroup.pids_current()
+        if cur is not None and cur > box.pids_peak:
+            box.pids_peak = cur
+        self._sample_fds(box)
+        if box.cpu_limit_ns and not box.cpu_killed:
+            used = box.cgroup.cpu_usage_ns()
+            if used is not None and used >= box.cpu_limit_ns:
+                box.cpu_killed = True
+                self.kill(box)
 
     def _sample_fds(self, box: Sandbox) -> None:
         """The open-fd count of the sandbox's processes (RLIMIT_NOFILE is per process):
@@ -459,10 +472,22 @@ class Zygote:
         box.cgroup.destroy()
 
 
+def _write_map(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
 def _read_io(pid: int) -> dict[str, int] | None:
     try:
-        with open(f"/proc/{pid}/io") as f:
-            fields = dict(line.split(": ") for line in f.read().splitlines())
+        fd = os.open(f"/proc/{pid}/io", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, 4096).decode()
+        finally:
+            os.close(fd)
+        fields = dict(line.split(": ") for line in text.splitlines())
     except (OSError, ValueError):
         return None
     return {"rchar": int(fields["rchar"]), "wchar": int(fields["wchar"])}
