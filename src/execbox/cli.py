@@ -131,6 +131,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         port=settings.port,
         log_level=args.log_level,
         access_log=False,
+        loop="uvloop",
+        http="httptools",
     )
     return 0
 
