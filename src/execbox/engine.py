@@ -443,7 +443,7 @@ class Engine:
             io_read_bytes=(msg.get("io") or {}).get("rchar"),
             io_write_bytes=(msg.get("io") or {}).get("wchar"),
         )
-        if usage.cpu_time_ns is None:  # no cpuacct: pid 1 and its reaped children
+        if usage.cpu_time_ns is None and ru is not None:  # no cpuacct: pid 1 and its children
             usage.user_time_ns = int(ru["utime"] * 1e9)
             usage.system_time_ns = int(ru["stime"] * 1e9)
             usage.cpu_time_ns = usage.user_time_ns + usage.system_time_ns

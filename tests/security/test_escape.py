@@ -293,10 +293,25 @@ def test_only_stdio_fds_reach_the_code(engine) -> None:
             int(x)
             for x in out.stdout.replace(b"[", b"").replace(b"]", b"").replace(b",", b" ").split()
         ]
-        assert fds[:3] == [0, 1, 2] and len(fds) <= 4, (job.runtime, fds)
         if job.runtime == "bash":
+            assert fds[:3] == [0, 1, 2] and len(fds) <= 4, (job.runtime, fds)
             # bash keeps the script open on fd 255 only while reading it
             assert set(fds) - {0, 1, 2} <= {3, 255}
+        else:
+            # Python code runs in the sandbox's own process, so it also sees fd 4, the pipe
+            # on which that process reports the end of the run to the zygote after the code
+            # (test_end_channel.py shows what the code can do with it: end its own run)
+            assert fds == [0, 1, 2, 3, 4], fds
+
+
+def test_the_python_code_s_one_extra_fd_is_a_write_only_pipe(engine) -> None:
+    code = (
+        "import os\n"
+        "flags = int(open('/proc/self/fdinfo/4').read().split('flags:')[1].split()[0], 8)\n"
+        "print(os.readlink('/proc/self/fd/4').startswith('pipe:'), flags & os.O_ACCMODE)"
+    )
+    out = engine.run(Job(runtime="python", code=code))
+    assert out.stdout.split() == [b"True", str(os.O_WRONLY).encode()], out
 
 
 # ---- resources -------------------------------------------------------------------------------

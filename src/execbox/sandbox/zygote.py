@@ -13,6 +13,7 @@ Single-threaded on purpose: clone() copies only the calling thread.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -31,6 +32,7 @@ from execbox.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits
 from execbox.sandbox.seccomp import build_filter
 
 POLL_S = 0.05
+CHANNEL_CAP = 512  # a sandbox's messages are short; more is code writing to the channel
 # Sampling a sandbox costs ~a dozen syscalls. With hundreds running, sampling them all every
 # tick kept the zygote too busy to clone; a tick samples in turn for at most this long,
 # newest sandboxes first, so under load each is sampled less often but cloning goes on.
@@ -83,6 +85,7 @@ class Sandbox:
     cpu_killed: bool = False
     pids_peak: int = 0
     program_status: int | None = None
+    reported: bool = False  # its end went to the engine (before its exit, when it said so)
     channel: bytes = b""
     fds_peak: int = 0
     fds_hit: bool = False
@@ -262,7 +265,8 @@ class Zygote:
 
     def on_ready(self, sid: str) -> None:
         """The sandbox's own channel, one message a line: "R" when ready, "E<why>" when
-        setup failed, and "S<wait status>" from its init when the program ended."""
+        setup failed, "D<wait status>" when the program ended (the sandbox is about to
+        exit), and "S<wait status>" from a session's init, to be taken when it exits."""
         box = self.live[sid]
         while True:
             try:
@@ -275,6 +279,8 @@ class Zygote:
             while b"\n" in box.channel:
                 line, box.channel = box.channel.split(b"\n", 1)
                 self._sandbox_message(box, line)
+            if box.reported or len(box.channel) > CHANNEL_CAP:
+                break  # nothing more to hear from it
         self.sel.unregister(box.ready_fd)
         os.close(box.ready_fd)
         box.ready_fd = -1
@@ -293,8 +299,14 @@ class Zygote:
                         "pool": len(self.pool),
                     }
                 )
-        elif kind == b"E":
+        elif kind == b"E" and not box.ready:  # setup ends before any code can write here
             box.setup_error = body.decode(errors="replace")
+        elif kind == b"D" and box.taken and box.session is None and not box.reported:
+            status = _done_status(body, exits_only=self.cfg.runtime == "python")
+            if status is not None:
+                box.program_status = status
+                self._report_end(box, None)
+                self.kill(box)  # whatever it still does is not part of the job
         elif kind == b"S" and body.isdigit() and self.cfg.runtime != "python":
             # only an init sends this; a Python sandbox's code could reach the channel, so
             # its word is never taken for an exit status
@@ -309,42 +321,62 @@ class Zygote:
             self.sel.unregister(box.ready_fd)
             os.close(box.ready_fd)
         self.sel.unregister(box.pidfd)
-        io = _read_io(box.pid)  # a zombie still has its (and its reaped children's) counters
+        io = None if box.reported else _read_io(box.pid)  # a zombie still has its counters
         _, status, ru = os.wait4(box.pid, 0)
-        stats = box.cgroup.stats()
-        if stats.pids_peak is not None:  # cgroup v2 counts it exactly
-            box.pids_peak = max(box.pids_peak, stats.pids_peak)
         os.close(box.pidfd)
         for fd in box.engine_fds:
             os.close(fd)
         self._release_uid(box.uid, box.session)
         if sid in self.pool:
             self.pool.remove(sid)
-        msg = {
-            "op": "exit",
-            "sid": sid,
-            "taken": box.taken,
-            # the program's own status when an init ran it, else pid 1's
-            "status": box.program_status if box.program_status is not None else status,
-            "setup_error": box.setup_error,
-            "rusage": {
+        if not box.reported:
+            self._report_end(box, ru, status, io)
+        if not box.cgroup.destroy():
+            self.report({"op": "log", "level": "error", "msg": f"cgroup of {sid} not removed"})
+
+    def _report_end(
+        self,
+        box: Sandbox,
+        ru: Any,
+        status: int | None = None,
+        io: dict[str, int] | None = None,
+    ) -> None:
+        """The engine's account of a sandbox's end: at its exit, or earlier, when the
+        sandbox said its program ended (then `ru` is None: no rusage before the reaping,
+        the cgroup's counters stand for it)."""
+        box.reported = True
+        if ru is None:
+            io = _read_io(box.pid)
+        stats = box.cgroup.stats()
+        if stats.pids_peak is not None:  # cgroup v2 counts it exactly
+            box.pids_peak = max(box.pids_peak, stats.pids_peak)
+        rusage = None
+        if ru is not None:
+            rusage = {
                 "utime": ru.ru_utime,
                 "stime": ru.ru_stime,
                 "maxrss_kb": ru.ru_maxrss,
                 "inblock": ru.ru_inblock,
                 "oublock": ru.ru_oublock,
-            },
-            "cgroup": stats.as_dict(),
-            "io": io,
-            "pids_peak": box.pids_peak if box.taken else None,
-            "cpu_killed": box.cpu_killed,
-            "fds_peak": box.fds_peak if box.taken and box.fds_peak else None,
-            "fds_hit": box.fds_hit,
-            "pool": len(self.pool),
-        }
-        self.report(msg)
-        if not box.cgroup.destroy():
-            self.report({"op": "log", "level": "error", "msg": f"cgroup of {sid} not removed"})
+            }
+        self.report(
+            {
+                "op": "exit",
+                "sid": box.sid,
+                "taken": box.taken,
+                # the program's own status when an init ran it, else pid 1's
+                "status": box.program_status if box.program_status is not None else status,
+                "setup_error": box.setup_error,
+                "rusage": rusage,
+                "cgroup": stats.as_dict(),
+                "io": io,
+                "pids_peak": box.pids_peak if box.taken else None,
+                "cpu_killed": box.cpu_killed,
+                "fds_peak": box.fds_peak if box.taken and box.fds_peak else None,
+                "fds_hit": box.fds_hit,
+                "pool": len(self.pool),
+            }
+        )
 
     def wants_refill(self) -> bool:
         """Refill when idle, or when the pool runs low. A clone costs the zygote ~2 ms of
@@ -472,6 +504,20 @@ class Zygote:
         box.cgroup.destroy()
 
 
+def _done_status(body: bytes, exits_only: bool) -> int | None:
+    """The wait status in a "D" message, if it is one a program can end with. A Python
+    sandbox's runner only ever ends with an exit status (its code could have written the
+    message itself: a signal it claims there is not taken)."""
+    if not body.isdigit() or len(body) > 5:
+        return None
+    status = int(body)
+    if status > 0xFFFF or not (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+        return None
+    if exits_only and not os.WIFEXITED(status):
+        return None
+    return status
+
+
 def _write_map(path: str, line: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -522,6 +568,11 @@ def main() -> None:
     z = Zygote(cfg, sock, driver, bpf, landlock_abi=landlock.abi())
     z.free_uids.extend(range(cfg.uid_base, cfg.uid_base + cfg.uid_count))
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # Everything imported so far lives as long as the zygote: out of the collector's sight,
+    # a full collection (in the zygote or in a sandbox) no longer writes to every object's
+    # header, each write a copy-on-write fault of a page shared with every sandbox
+    gc.collect()
+    gc.freeze()
     z.serve()
 
 

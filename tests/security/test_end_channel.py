@@ -1,0 +1,116 @@
+"""The end-of-run channel: how a sandbox tells the zygote its program ended, before its own
+teardown (about a millisecond of unmapping that nobody needs to wait for).
+
+An init (bash, node, commands) holds it where the program cannot reach it. A Python
+sandbox runs the code in the process that reports, so the code can write to it. These
+tests do that for real and show it gains nothing: it can only end its own run, with an
+exit status of its choosing, as exiting would; it cannot claim a signal, fake a setup
+failure, outlive its report, hang or bloat the zygote, or reach the channel in a session.
+"""
+
+from __future__ import annotations
+
+import time
+
+from execbox.jobs import Job, Status
+
+from .conftest import session_id
+
+WRITE_4 = "import os\ndef say(b):\n    os.write(4, b)\n"
+
+
+def test_a_forged_end_ends_the_run_and_nothing_of_the_code_outlives_it(engine) -> None:
+    code = WRITE_4 + (
+        "import sys, time\n"
+        "print('before', flush=True)\n"
+        "say(b'D0\\n')\n"
+        "time.sleep(20)\n"
+        "print('after', flush=True)\n"
+        "sys.exit(7)\n"
+    )
+    t = time.monotonic()
+    out = engine.run(Job(runtime="python", code=code))
+    # the code chose to end with status 0: that is all it got. It was killed at once
+    # (the conftest checks after this test that no process of it is left).
+    assert time.monotonic() - t < 10
+    assert out.status is Status.SUCCESS and out.exit_code == 0, out
+    assert b"after" not in out.stdout
+
+
+def test_forged_setup_failure_ready_and_init_status_are_ignored(engine) -> None:
+    code = WRITE_4 + "say(b'Eforged setup failure\\nR\\nS9\\n')\nraise SystemExit(3)\n"
+    out = engine.run(Job(runtime="python", code=code))
+    assert out.status is Status.FAILURE and out.exit_code == 3 and out.signal is None, out
+    assert out.error is None
+
+
+def test_a_signal_or_a_malformed_status_is_not_taken_from_python_code(engine) -> None:
+    # 9 = killed by SIGKILL, 127 = stopped: not ends the runner can report; then junk
+    for forged in (b"D9\n", b"D127\n", b"D99999999\n", b"D-1\n", b"Dx\n"):
+        code = WRITE_4 + f"say({forged!r})\nraise SystemExit(5)\n"
+        out = engine.run(Job(runtime="python", code=code))
+        assert out.exit_code == 5 and out.signal is None, (forged, out)
+        assert out.status is Status.FAILURE, (forged, out)
+
+
+def test_flooding_the_channel_neither_hangs_nor_bloats_the_zygote(engine) -> None:
+    # the zygote reads a few hundred bytes of a line, then closes its end: the flood ends
+    # in EPIPE for the code, not in the zygote's memory
+    code = (
+        "import os, time\n"
+        "os.set_blocking(4, False)\n"
+        "closed, end = False, time.monotonic() + 5\n"
+        "while time.monotonic() < end:\n"
+        "    try:\n"
+        "        os.write(4, b'x' * 4096)\n"
+        "    except BlockingIOError:\n"
+        "        time.sleep(0.001)\n"
+        "    except BrokenPipeError:\n"
+        "        closed = True\n"
+        "        break\n"
+        "print('closed', closed)\n"
+    )
+    zygote = engine.engine.zygotes["python"].proc
+    assert zygote is not None
+    rss_before = _rss_kb(zygote.pid)
+    for _ in range(3):
+        out = engine.py(code, wall_time_s=20)
+        assert out.status is Status.SUCCESS, out
+        assert out.stdout == b"closed True\n"
+    assert _rss_kb(zygote.pid) - rss_before < 4096
+    assert engine.run(Job(runtime="python", code="print(1+1)")).stdout == b"2\n"
+
+
+def test_a_code_file_on_the_channel_s_number_gets_nothing_written(engine) -> None:
+    # the code puts its own stdout on the channel's number: had the runner written its
+    # report there, it would show in the output. It checks the fd is still its pipe, sees
+    # it is not, and leaves the report to the exit.
+    code = "import os\nos.dup2(1, 4)\nprint('ok')\nraise SystemExit(2)\n"
+    out = engine.run(Job(runtime="python", code=code))
+    assert out.stdout == b"ok\n" and out.exit_code == 2, out
+
+
+def test_a_session_s_code_has_no_channel_and_reports_by_exiting(engine) -> None:
+    s = session_id()
+    code = (
+        "import os\n"
+        "print(sorted(int(f) for f in os.listdir('/proc/self/fd')))\n"
+        "raise SystemExit(4)\n"
+    )
+    try:
+        out = engine.run(Job(runtime="python", code=code, session=s))
+        assert out.stdout == b"[0, 1, 2, 3]\n" and out.exit_code == 4, out
+    finally:
+        engine.sessions.delete(s)
+
+
+def test_an_init_reports_early_and_ends_what_the_program_left_running(engine) -> None:
+    # bash's background job would keep stdout open; the init ends it before reporting
+    out = engine.run(Job(runtime="bash", code="sleep 30 & echo started; exit 6"))
+    assert out.exit_code == 6 and out.stdout == b"started\n", out
+    assert out.timings.total_ms < 5000
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
