@@ -286,19 +286,25 @@ class Engine:
         finally:
             self.stats.queued -= 1
         self.stats.running += 1
+        gone: list[asyncio.Future[None]] = []
         try:
             if on_start is not None and await on_start() is False:
                 return Outcome(Status.INTERNAL_ERROR, error="withdrawn before it started")
             if job.session is not None:
                 outcome = await self._run_in_session(job, payload, t0)
             else:
-                outcome = await self._run(job, payload, t0)
+                outcome = await self._run(job, payload, t0, gone=gone)
         except Exception as exc:  # a bug: log it, but still answer with an Outcome
             log.exception("engine failure on job %s", job.id)
             outcome = Outcome(Status.INTERNAL_ERROR, error=f"internal error: {exc}")
         finally:
             self.stats.running -= 1
-            self._slots.release()
+            # the answer does not wait for the sandbox's teardown, but its slot does: at
+            # most max_concurrency sandboxes exist at once, dying ones included
+            if gone and not gone[0].done():
+                gone[0].add_done_callback(lambda _: self._slots.release())
+            else:
+                self._slots.release()
         outcome.timings.total_ms = (time.monotonic() - t0) * 1000
         key = (job.runtime, outcome.status.value)
         self.stats.by_status[key] = self.stats.by_status.get(key, 0) + 1
@@ -329,6 +335,7 @@ class Engine:
         payload: dict[str, Any],
         t0: float,
         session: dict[str, Any] | None = None,
+        gone: list[asyncio.Future[None]] | None = None,
     ) -> Outcome:
         timings = Timings(queue_ms=(time.monotonic() - t0) * 1000)
         missing = self.missing(job.runtime)
@@ -351,6 +358,8 @@ class Engine:
         except ZygoteError as exc:
             return Outcome(Status.INTERNAL_ERROR, error=str(exc), timings=timings)
         timings.fork_ms = (time.monotonic() - t_take) * 1000
+        if gone is not None:
+            gone.append(lease.gone)
         try:
             return await self._drive(job, payload, lease, timings)
         finally:

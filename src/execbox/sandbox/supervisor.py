@@ -68,6 +68,8 @@ class Lease:
     pool_hit: bool
     take_ms: float
     exited: asyncio.Future[dict[str, Any]] = field(repr=False, default=None)  # type: ignore[assignment]
+    # reaped: after `exited` when the sandbox reported its end before its teardown
+    gone: asyncio.Future[None] = field(repr=False, default=None)  # type: ignore[assignment]
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, OSError):
@@ -95,6 +97,7 @@ class Supervisor:
     _req: int = 0
     _takes: dict[int, asyncio.Future[TakeReply]] = field(default_factory=dict)
     _leases: dict[str, Lease] = field(default_factory=dict)
+    _dying: dict[str, Lease] = field(default_factory=dict)  # reported, not yet reaped
     _hello: asyncio.Future[dict[str, Any]] | None = None
     _outbox: deque[dict[str, Any]] = field(default_factory=deque)
     _closing: bool = False
@@ -173,6 +176,7 @@ class Supervisor:
             pool_hit=msg["pool_hit"],
             take_ms=msg["take_ms"],
             exited=loop.create_future(),
+            gone=loop.create_future(),
         )
         self.stats["hits" if lease.pool_hit else "misses"] += 1
         self.take_times.append(time.monotonic())
@@ -250,9 +254,17 @@ class Supervisor:
             lease = self._leases.pop(msg["sid"], None)
             if lease is not None and not lease.exited.done():
                 lease.exited.set_result(msg)
+                if msg.get("early"):
+                    self._dying[lease.sid] = lease
+                else:
+                    lease.gone.set_result(None)
             elif msg.get("setup_error"):
                 self.last_error = f"sandbox setup failed: {msg['setup_error']}"
                 log.error("%s sandbox %s: %s", self.runtime, msg["sid"], self.last_error)
+        elif op == "reaped":
+            lease = self._dying.pop(msg["sid"], None)
+            if lease is not None and not lease.gone.done():
+                lease.gone.set_result(None)
         elif op == "ready":
             self.pool_size = msg["pool"]
             self.refill_ms.append(msg["setup_ms"])
@@ -274,7 +286,11 @@ class Supervisor:
             lease.kill()
             if not lease.exited.done():
                 lease.exited.set_exception(err)
+        for lease in (*self._leases.values(), *self._dying.values()):
+            if not lease.gone.done():  # its parent is gone: so is it (PDEATHSIG)
+                lease.gone.set_result(None)
         self._leases.clear()
+        self._dying.clear()
         if self._hello is not None and not self._hello.done():
             self._hello.set_result({"op": "fatal", "error": why})
         if self.on_death is not None:

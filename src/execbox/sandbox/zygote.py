@@ -160,6 +160,11 @@ class Zygote:
             pidfd = os.pidfd_open(pid)
             _write_map(f"/proc/{pid}/uid_map", f"{mounts.SANDBOX_UID} {uid} 1\n")
             _write_map(f"/proc/{pid}/gid_map", f"{mounts.SANDBOX_GID} {uid} 1\n")
+            if session is None:
+                # a pooled sandbox's setup, and later its teardown, run when the cores have
+                # nothing better to do: requests and their answers come first (it gets the
+                # normal policy back when taken)
+                os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
             os.write(sync_w, b"G")
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
@@ -232,6 +237,10 @@ class Zygote:
             # without a prestart this was done when it became ready, off the request path
             if self.cfg.prestart:
                 box.cgroup.reset_counters()
+            if box.session is None:
+                for pid in box.cgroup.pids() or [box.pid]:  # a prestarted interpreter too
+                    with contextlib.suppress(ProcessLookupError):
+                        os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
             box.cpu_limit_ns = lim.get("cpu_limit_ns")
             box.nofile = lim.get("fds")
             box.pids_peak = 1  # the sandbox's own pid 1 exists at hand-over
@@ -306,6 +315,8 @@ class Zygote:
             if status is not None:
                 box.program_status = status
                 self._report_end(box, None)
+                with contextlib.suppress(ProcessLookupError):  # its teardown: see spawn
+                    os.sched_setscheduler(box.pid, os.SCHED_IDLE, os.sched_param(0))
                 self.kill(box)  # whatever it still does is not part of the job
         elif kind == b"S" and body.isdigit() and self.cfg.runtime != "python":
             # only an init sends this; a Python sandbox's code could reach the channel, so
@@ -329,7 +340,9 @@ class Zygote:
         self._release_uid(box.uid, box.session)
         if sid in self.pool:
             self.pool.remove(sid)
-        if not box.reported:
+        if box.reported:  # early: the engine holds its slot until now
+            self.report({"op": "reaped", "sid": sid})
+        else:
             self._report_end(box, ru, status, io)
         if not box.cgroup.destroy():
             self.report({"op": "log", "level": "error", "msg": f"cgroup of {sid} not removed"})
@@ -375,6 +388,7 @@ class Zygote:
                 "fds_peak": box.fds_peak if box.taken and box.fds_peak else None,
                 "fds_hit": box.fds_hit,
                 "pool": len(self.pool),
+                "early": ru is None,  # a "reaped" message follows
             }
         )
 
