@@ -10,8 +10,13 @@ failure, outlive its report, hang or bloat the zygote, or reach the channel in a
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import time
 
+from execbox import runtimes
 from execbox.jobs import Job, Status
 
 from .conftest import session_id
@@ -114,3 +119,86 @@ def test_an_init_reports_early_and_ends_what_the_program_left_running(engine) ->
 def _rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+
+
+def test_node_says_its_exit_code_before_its_teardown_and_a_forged_one_ends_only_itself(
+    engine,
+) -> None:
+    # the real end: exit code and all output there, answered without node's own teardown
+    out = engine.run(
+        Job(
+            runtime="node",
+            code="process.on('exit', () => console.log('bye')); console.log('hi'); "
+            "process.exitCode = 3",
+        )
+    )
+    assert out.exit_code == 3 and out.stdout == b"hi\nbye\n", out
+    # the code writes a code of its own on fd 5 and goes on: it ended its own run, no more
+    code = (
+        "const fs = require('fs'); console.log('before'); fs.writeSync(5, '0\\n'); "
+        "setTimeout(() => { console.log('after'); process.exit(9); }, 20000);"
+    )
+    t = time.monotonic()
+    out = engine.run(Job(runtime="node", code=code))
+    assert time.monotonic() - t < 10
+    assert out.exit_code == 0 and out.stdout == b"before\n", out
+    # garbage or a number out of range is not taken: node's real exit status is
+    for forged in ("300\\n", "x\\n", "123456789012\\n"):
+        code = f"require('fs').writeSync(5, '{forged}'); setTimeout(() => process.exit(6), 50);"
+        out = engine.run(Job(runtime="node", code=code))
+        assert out.exit_code == 6, (forged, out)
+
+
+def _prelude(tmp_path, script: str) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
+    """Run node_prelude.js on the host, as a pooled sandbox starts it (result channel on
+    fd 3, the job on fd 4, the end pipe on fd 5), with `script` as the job's main file.
+    (exit code, what came out of the end pipe)."""
+    main = tmp_path / "main.js"
+    main.write_text(script)
+    res_r, res_w = os.pipe()
+    job_r, job_w = os.pipe()
+    end_r, end_w = os.pipe()
+
+    def arrange() -> None:
+        for src, dst in ((res_w, 3), (job_r, 4), (end_w, 5)):
+            os.dup2(src, dst)
+
+    node = shutil.which("node", path="/usr/local/bin:/usr/bin:/bin")
+    assert node is not None
+    proc = subprocess.Popen(
+        [node, "-e", runtimes.NODE_PRELUDE],
+        preexec_fn=arrange,
+        close_fds=False,  # it would close 3-5 after arrange(); the pipes are not inheritable
+        stdout=subprocess.DEVNULL,
+    )
+    for fd in (res_w, job_r, end_w):
+        os.close(fd)
+    msg = {"env": {}, "argv": ["node", str(main)], "cwd": str(tmp_path), "handler": False}
+    os.write(job_w, json.dumps(msg).encode())
+    os.close(job_w)
+    code = proc.wait(30)
+    with os.fdopen(end_r, "rb") as f:
+        said = f.read()
+    os.close(res_r)
+    return code, said
+
+
+def test_node_code_that_takes_fd_5_gets_nothing_written_there(tmp_path) -> None:
+    assert _prelude(tmp_path, "process.exitCode = 2") == (2, b"2\n")
+    # the code puts a file of its own on fd 5 (3 and 4, the result channel and the job's
+    # pipe, are closed by then: taken first): the prelude sees it is not its pipe and
+    # writes nothing there
+    mine = tmp_path / "mine"
+    script = (
+        "const fs = require('fs'); fs.closeSync(5); "
+        "fs.openSync('/dev/null', 'r'); fs.openSync('/dev/null', 'r'); "
+        f"const fd = fs.openSync({str(mine)!r}, 'w'); "
+        "if (fd !== 5) throw new Error(`fd ${fd}`); process.exitCode = 2;"
+    )
+    assert _prelude(tmp_path, script) == (2, b"")
+    assert mine.read_bytes() == b""
+
+
+def test_node_uncaught_error_keeps_node_s_own_report(engine) -> None:
+    out = engine.run(Job(runtime="node", code="throw new Error('boom')"))
+    assert out.exit_code == 1 and b"Error: boom" in out.stderr, out

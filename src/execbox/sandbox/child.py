@@ -15,6 +15,7 @@ import json
 import os
 import re
 import resource
+import select
 import shlex
 import signal
 import socket
@@ -150,7 +151,7 @@ def run_job(spec: ChildSpec) -> int:
     main = python_inproc.prepare() if spec.runtime == "python" else None
     os.environ.clear()
     try:
-        warm = _prestart(spec.prestart) if spec.prestart else None
+        warm = _prestart(spec.prestart, spec.runtime == "node") if spec.prestart else None
     except OSError as exc:
         os.write(READY_FD, f"Ecannot start {spec.prestart[0]}: {exc.strerror}\n".encode())
         return EXIT_SETUP_FAILED
@@ -181,10 +182,10 @@ def run_job(spec: ChildSpec) -> int:
         return status
     if warm is not None and spec.runtime == "bash":
         if _can_source(job):
-            return _run_warm_bash(*warm, job, early)
-        _discard(*warm)  # a command, not a script: it is run as a program of its own
+            return _run_warm_bash(warm, job, early)
+        _discard(warm)  # a command, not a script: it is run as a program of its own
     elif warm is not None:
-        return _run_warm(*warm, job, early)
+        return _run_warm(warm, job, early)
     if handler is not None:
         os.dup2(RESULT_FD, JOB_FD, inheritable=True)  # the wrapper writes its result to fd 3
     os.close(RESULT_FD)
@@ -215,42 +216,106 @@ def _report_done(wait_status: int, channel: os.stat_result | None = None) -> Non
         pass  # then the zygote learns of the end from the exit, as for a session
 
 
-def _prestart(argv: list[str]) -> tuple[int, int]:
+@dataclass
+class Warm:
+    """An interpreter started ahead of the job: its pid, the pipe the job goes down, and
+    (node) the pipe on which it says its exit code before its own teardown, or -1."""
+
+    pid: int
+    job_w: int
+    end_r: int = -1
+
+
+def _prestart(argv: list[str], says_end: bool) -> Warm:
     """Start the interpreter before the job exists (Node takes ~30 ms to start). It gets
-    the result channel as fd 3 and waits for the job on fd 4; see node_prelude.js."""
+    the result channel as fd 3 and waits for the job on fd 4; node also gets fd 5 to say
+    its exit code on; see node_prelude.js."""
     libc.prctl(PR_SET_DUMPABLE, 0)
     r, w = os.pipe2(os.O_CLOEXEC)
+    actions = [(os.POSIX_SPAWN_DUP2, RESULT_FD, 3), (os.POSIX_SPAWN_DUP2, r, 4)]
+    end_r = end_w = -1
+    if says_end:
+        end_r, end_w = os.pipe2(os.O_CLOEXEC)
+        actions.append((os.POSIX_SPAWN_DUP2, end_w, 5))
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
     pid = os.posix_spawn(
-        argv[0],
-        argv,
-        env,
-        file_actions=[(os.POSIX_SPAWN_DUP2, RESULT_FD, 3), (os.POSIX_SPAWN_DUP2, r, 4)],
-        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        argv[0], argv, env, file_actions=actions, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ)
     )
     os.close(r)
-    return pid, w
+    if end_w >= 0:
+        os.close(end_w)
+    return Warm(pid, w, end_r)
 
 
-def _run_warm(pid: int, job_w: int, job: dict, early: bool) -> int:
+def _run_warm(warm: Warm, job: dict, early: bool) -> int:
     """Hand the job to the node started ahead of time (see node_prelude.js)."""
     msg = {k: job.get(k) for k in ("env", "argv", "cwd")}
     msg["handler"] = job.get("handler") is not None
-    return _hand_over(pid, job_w, job, json.dumps(msg).encode(), early)
+    return _hand_over(warm, job, json.dumps(msg).encode(), early)
 
 
-def _hand_over(pid: int, job_w: int, job: dict, message: bytes, early: bool) -> int:
+def _hand_over(warm: Warm, job: dict, message: bytes, early: bool) -> int:
     """Give the interpreter started ahead of time the job's limits, then its message on
     fd 4; wait for it as for any program."""
     for name, value in job["rlimits"].items():
-        resource.prlimit(pid, RLIMITS[name], (value, value))
+        resource.prlimit(warm.pid, RLIMITS[name], (value, value))
     data = memoryview(message)
     with contextlib.suppress(OSError):  # it may have died already: its status says why
         while data:
-            data = data[os.write(job_w, data) :]
-    os.close(job_w)
+            data = data[os.write(warm.job_w, data) :]
+    os.close(warm.job_w)
     os.close(RESULT_FD)
-    return _wait_for(pid, early)
+    if early and warm.end_r >= 0:
+        code = _said_end(warm.pid, warm.end_r)
+        if code is not None:
+            with contextlib.suppress(OSError):
+                os.kill(-1, signal.SIGKILL)  # it, in its teardown, and what it left running
+            _report_done(code << 8)
+            return code
+    return _wait_for(warm.pid, early)
+
+
+def _said_end(pid: int, end_r: int) -> int | None:
+    """Wait until the interpreter says its exit code (it closed its stdio first), or ends
+    without saying it (then None: its wait status tells). The interpreter runs the job's
+    code, which could write here too: it would only end its own run with a code it chose,
+    and only an exit code 0-255 is taken. Orphans are reaped meanwhile, as an init must."""
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    poller.register(end_r, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    said = b""
+    try:
+        while True:
+            for fd, _ in poller.poll(1000):
+                if fd == pidfd:
+                    return None
+                chunk = os.read(end_r, 16)
+                said += chunk
+                if not chunk or len(said) > 8:
+                    poller.unregister(end_r)  # closed or garbage: wait for the exit
+                elif said.endswith(b"\n"):
+                    text = said.strip()
+                    if text.isdigit() and int(text) <= 255:
+                        return int(text)
+                    poller.unregister(end_r)
+            _reap_orphans(pid)
+    finally:
+        os.close(pidfd)
+
+
+def _reap_orphans(keep: int) -> None:
+    """Reap the zombies of orphans this init inherited, but not `keep` (its status is
+    read by the caller)."""
+    while True:
+        try:
+            zombie = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if zombie is None or zombie.si_pid == keep:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(zombie.si_pid, 0)
 
 
 SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -268,7 +333,7 @@ def _can_source(job: dict) -> bool:
     return not any(TOP_RETURN.search(p["text"]) for p in job.get("programs", []))
 
 
-def _run_warm_bash(pid: int, job_w: int, job: dict, early: bool) -> int:
+def _run_warm_bash(warm: Warm, job: dict, early: bool) -> int:
     """Give the job to the bash started ahead of time: its prelude sources job.sh, which
     sets the job's environment, directory and arguments, then runs the script in place."""
     q = shlex.quote
@@ -283,15 +348,15 @@ def _run_warm_bash(pid: int, job_w: int, job: dict, early: bool) -> int:
     lines.append(f". {q(job['source'])}")
     with open(BASH_JOB, "w") as f:
         f.write("\n".join(lines) + "\n")
-    return _hand_over(pid, job_w, job, b"go\n", early)
+    return _hand_over(warm, job, b"go\n", early)
 
 
-def _discard(pid: int, job_w: int) -> None:
-    os.close(job_w)
+def _discard(warm: Warm) -> None:
+    os.close(warm.job_w)
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+        os.kill(warm.pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+        os.waitpid(warm.pid, 0)
 
 
 def _init(argv: list[str], env: dict[str, str], early: bool) -> int:
