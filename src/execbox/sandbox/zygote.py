@@ -238,7 +238,9 @@ class Zygote:
             if self.cfg.prestart:
                 box.cgroup.reset_counters()
             if box.session is None:
-                for pid in box.cgroup.pids() or [box.pid]:  # a prestarted interpreter too
+                # a prestarted interpreter too; without one, pid 1 is all there is
+                procs = box.cgroup.pids() if self.cfg.prestart else []
+                for pid in procs or [box.pid]:
                     with contextlib.suppress(ProcessLookupError):
                         os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
             box.cpu_limit_ns = lim.get("cpu_limit_ns")
