@@ -69,3 +69,34 @@ def test_forwarded_for_only_from_trusted_proxies(client: TestClient) -> None:
         assert client.post("/v1/exec", json=ZB_BODY, headers=one).status_code == 200
         assert client.post("/v1/exec", json=ZB_BODY, headers=two).status_code == 200
         assert client.post("/v1/exec", json=ZB_BODY, headers=one).status_code == 429
+
+
+def test_local_counting_starts_no_thread_per_request_and_still_drops_old_entries(
+    monkeypatch,
+) -> None:
+    import limits.storage.memory as memory
+
+    from execbox.api.auth import Identity
+    from execbox.api.ratelimit import RateLimiter
+
+    started: list[object] = []
+
+    class CountingTimer(memory.threading.Timer):  # type: ignore[name-defined,misc]
+        def start(self) -> None:
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(memory.threading, "Timer", CountingTimer)
+    limiter = RateLimiter("100/second")
+    started.clear()  # the storage's constructor starts one, once
+    who = Identity(None, "10.0.0.9")
+    for _ in range(5):
+        limiter.hit(who, "zeroboot")
+        time.sleep(0.03)  # longer than the library's 10 ms timer: it would start anew
+    assert started == []
+    storage = limiter.local.storage
+    key = next(k for k in storage.events if "10.0.0.9" in k)
+    assert len(storage.events[key]) == 5
+    time.sleep(1.1)  # the window has passed, and so has the expiry's interval
+    limiter.hit(who, "zeroboot")
+    assert len(storage.events[key]) == 1  # the five old entries were dropped

@@ -25,10 +25,33 @@ RETRY_S = 1.0  # after Redis failed, how long the node counts alone before tryin
 REDIS_TIMEOUT_S = 0.25
 
 
+class InlineExpiryMemoryStorage(MemoryStorage):
+    """limits' MemoryStorage, with its expiry run inline at most once a second.
+
+    The library expires old entries on a threading.Timer of 10 ms, started again by the
+    next hit whenever the last one has ended: at a few requests a second that is a new
+    thread per request, ~0.18 ms of the event loop's time each (measured; 8 us without).
+    This runs the library's own expiry instead. It names two private methods of
+    limits==5.8.0 (pinned in pyproject.toml); tests/api/test_ratelimit.py checks that hits
+    start no thread and that old entries are still dropped."""
+
+    EXPIRE_EVERY_S = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next_expiry = 0.0
+
+    def _MemoryStorage__schedule_expiry(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_expiry:
+            self._next_expiry = now + self.EXPIRE_EVERY_S
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+
+
 class RateLimiter:
     def __init__(self, rate: str, redis_url: str | None = None) -> None:
         self.item = parse(rate)
-        self.local = MovingWindowRateLimiter(MemoryStorage())
+        self.local = MovingWindowRateLimiter(InlineExpiryMemoryStorage())
         self.shared: MovingWindowRateLimiter | None = None
         if redis_url:
             storage = RedisStorage(
