@@ -202,3 +202,17 @@ def test_node_code_that_takes_fd_5_gets_nothing_written_there(tmp_path) -> None:
 def test_node_uncaught_error_keeps_node_s_own_report(engine) -> None:
     out = engine.run(Job(runtime="node", code="throw new Error('boom')"))
     assert out.exit_code == 1 and b"Error: boom" in out.stderr, out
+
+
+def test_python_code_s_background_process_holding_stdout_does_not_delay_the_answer(
+    engine,
+) -> None:
+    code = (
+        "import subprocess\n"
+        "subprocess.Popen(['sleep', '30'])  # inherits stdout and stderr\n"
+        "print('done')\n"
+    )
+    t = time.monotonic()
+    out = engine.run(Job(runtime="python", code=code))
+    assert out.status is Status.SUCCESS and out.stdout == b"done\n", out
+    assert time.monotonic() - t < 5

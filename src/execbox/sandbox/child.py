@@ -178,6 +178,10 @@ def run_job(spec: ChildSpec) -> int:
             return python_inproc.run(job["code"], main, handler=handler, result_fd=RESULT_FD)
         channel = os.fstat(READY_FD)
         status = python_inproc.run(job["code"], main, handler=handler, result_fd=RESULT_FD)
+        # what the code left running goes now, as this process's exit would end it: it may
+        # hold the stdio pipes, and this process's teardown runs in the idle class
+        with contextlib.suppress(OSError):
+            os.kill(-1, signal.SIGKILL)
         _report_done(status << 8, channel)
         return status
     if warm is not None and spec.runtime == "bash":

@@ -432,8 +432,11 @@ class Zygote:
                         self.shutdown()
                         return
                     self.handle(msg)
+                elif sid not in self.live:
+                    continue  # reaped earlier in this batch: its channel was read then
                 elif kind == "ready":
-                    self.on_ready(sid)
+                    if self.live[sid].ready_fd >= 0:
+                        self.on_ready(sid)
                 elif kind == "exit":
                     self.on_exit(sid)
 
