@@ -317,8 +317,11 @@ class Zygote:
             if status is not None:
                 box.program_status = status
                 self._report_end(box, None)
-                with contextlib.suppress(ProcessLookupError):  # its teardown: see spawn
-                    os.sched_setscheduler(box.pid, os.SCHED_IDLE, os.sched_param(0))
+                # its teardown, and that of what its init has just ended (node's heap, say),
+                # after the answer: see spawn
+                for pid in box.cgroup.pids() or [box.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
                 self.kill(box)  # whatever it still does is not part of the job
         elif kind == b"S" and body.isdigit() and self.cfg.runtime != "python":
             # only an init sends this; a Python sandbox's code could reach the channel, so
