@@ -180,6 +180,30 @@ class CgroupDriver:
         return removed
 
 
+STATS_V1 = (
+    ("memory", "memory.max_usage_in_bytes"),
+    ("memory", "memory.usage_in_bytes"),
+    ("memory", "memory.oom_control"),
+    ("memory", "memory.failcnt"),
+    ("pids", "pids.current"),
+    ("pids", "pids.events"),
+    ("cpuacct", "cpuacct.usage"),
+    ("cpuacct", "cpuacct.usage_user"),
+    ("cpuacct", "cpuacct.usage_sys"),
+)
+STATS_V2 = (
+    ("memory", "memory.peak"),
+    ("memory", "memory.current"),
+    ("memory", "memory.events"),
+    ("pids", "pids.current"),
+    ("pids", "pids.peak"),
+    ("pids", "pids.events"),
+    ("cpu", "cpu.stat"),
+)
+# not cgroup.procs: on v1 an open cgroup.procs keeps answering with the list it loaded
+# first (the kernel caches it per open file)
+
+
 @dataclass
 class Cgroup:
     version: int
@@ -201,14 +225,41 @@ class Cgroup:
             self._dirfds[d] = fd
         return fd
 
+    # the files read again and again (the end report, the sampling): kept open and read
+    # with pread, one syscall each, on the request's path (see keep_open)
+    _files: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
+
     def _get(self, ctrl: str, file: str) -> str | None:
-        fd = self._at(ctrl)
-        return None if fd is None else _read(file, fd)
+        fd = self._files.get((ctrl, file))
+        if fd is not None:
+            try:
+                data = os.pread(fd, 4096, 0)
+                while len(data) % 4096 == 0 and data:  # a full buffer may have more
+                    more = os.pread(fd, 4096, len(data))
+                    if not more:
+                        break
+                    data += more
+                return data.decode()
+            except OSError:
+                return None
+        at = self._at(ctrl)
+        return None if at is None else _read(file, at)
+
+    def keep_open(self) -> None:
+        """Open the files that stats() and the sampling read, ahead of the request (a read
+        is then one pread instead of open, read and close)."""
+        for ctrl, file in STATS_V2 if self.version == 2 else STATS_V1:
+            at = self._at(ctrl)
+            if at is None or (ctrl, file) in self._files:
+                continue
+            with contextlib.suppress(OSError):  # absent on this host: read as None
+                self._files[(ctrl, file)] = os.open(file, os.O_RDONLY | os.O_CLOEXEC, dir_fd=at)
 
     def close(self) -> None:
-        for fd in self._dirfds.values():
+        for fd in (*self._dirfds.values(), *self._files.values()):
             os.close(fd)
         self._dirfds.clear()
+        self._files.clear()
 
     def procs_files(self) -> list[str]:
         return [os.path.join(d, "cgroup.procs") for d in sorted(set(self.paths.values()))]

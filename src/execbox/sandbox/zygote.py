@@ -17,6 +17,7 @@ import gc
 import importlib
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -133,6 +134,7 @@ class Zygote:
             cg = self.cgroups.create(sid)
             limits = CgroupLimits(self.cfg.default_memory_bytes, self.cfg.default_pids)
             cg.set_limits(limits)
+            cg.keep_open()
             spec = child.ChildSpec(
                 root=self.cfg.root,
                 seccomp_bpf=self.bpf,
@@ -526,6 +528,21 @@ class Zygote:
         box.cgroup.destroy()
 
 
+def _raise_fd_limit() -> None:
+    """A live sandbox holds ~20 of the zygote's fds (its pipes, pidfd, cgroup files kept
+    open): a thousand at once needs more than a login's usual limit. Sandboxes set their
+    own limit before any code runs."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+        want = min(ceiling, 1 << 20)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (OSError, ValueError):
+        pass  # not root enough: the limit stays, and a spawn past it fails with its reason
+
+
 def _done_status(body: bytes, exits_only: bool) -> int | None:
     """The wait status in a "D" message, if it is one a program can end with. A Python
     sandbox's runner only ever ends with an exit status (its code could have written the
@@ -564,6 +581,7 @@ def _read_io(pid: int) -> dict[str, int] | None:
 def main() -> None:
     cfg = ZygoteConfig(**json.loads(sys.argv[1]))
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _raise_fd_limit()
     sock = socket.socket(fileno=cfg.sock_fd)
     try:
         # numpy spawns no BLAS threads with this, and the zygote must stay one thread
