@@ -58,6 +58,9 @@ def test_nothing_left_behind_after_a_burst(engine) -> None:
     time.sleep(0.5)
     names = {p.rsplit("/", 1)[1] for p in _cgroups_below(sup.launch.cgroup_prefix)}
     assert len(names) <= max(sup.pool_size, sup.pool_target) + 1, names
+    # every slot is back: each was held until its sandbox was reaped, not only answered
+    slots = engine.engine._slots
+    assert slots._value == engine.engine.settings.max_concurrency, slots
 
 
 def test_prestarted_node_behaves_like_a_fresh_node(engine) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import socket
 
 from execbox.sandbox import protocol
-from execbox.sandbox.supervisor import Supervisor, ZygoteLaunch
+from execbox.sandbox.supervisor import Lease, Supervisor, ZygoteLaunch
 
 
 def test_a_burst_that_fills_the_socket_is_queued_in_order() -> None:
@@ -33,3 +33,43 @@ def test_a_burst_that_fills_the_socket_is_queued_in_order() -> None:
         return got
 
     assert asyncio.run(main()) == list(range(5000))
+
+
+# ---- a sandbox's end: `exited` when reported, `gone` (the engine's slot) when reaped ----
+
+
+def _lease(loop: asyncio.AbstractEventLoop, sid: str) -> Lease:
+    return Lease(
+        sid=sid, pid=1, job_fd=-1, stdin_fd=-1, stdout_fd=-1, stderr_fd=-1, result_fd=-1,
+        pidfd=-1, pool_hit=True, take_ms=0.0, exited=loop.create_future(),
+        gone=loop.create_future(),
+    )  # fmt: skip
+
+
+def test_an_early_end_keeps_the_slot_until_the_sandbox_is_reaped() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        sup = Supervisor(launch=None)  # type: ignore[arg-type]
+        lease = _lease(loop, "a")
+        sup._leases["a"] = lease
+        sup._dispatch({"op": "exit", "sid": "a", "early": True}, [])
+        assert lease.exited.done() and not lease.gone.done()
+        sup._dispatch({"op": "reaped", "sid": "a"}, [])
+        assert lease.gone.done()
+    finally:
+        loop.close()
+
+
+def test_the_slot_comes_back_even_when_the_engine_gave_up_waiting_for_the_end() -> None:
+    # the engine's wait for a killed sandbox timed out (its `exited` was cancelled); when
+    # the exit comes after all, the slot must still be released, not leaked
+    loop = asyncio.new_event_loop()
+    try:
+        sup = Supervisor(launch=None)  # type: ignore[arg-type]
+        lease = _lease(loop, "b")
+        sup._leases["b"] = lease
+        lease.exited.cancel()
+        sup._dispatch({"op": "exit", "sid": "b", "early": False}, [])
+        assert lease.gone.done()
+    finally:
+        loop.close()

@@ -252,11 +252,14 @@ class Supervisor:
                     os.close(fd)
         elif op == "exit":
             lease = self._leases.pop(msg["sid"], None)
-            if lease is not None and not lease.exited.done():
-                lease.exited.set_result(msg)
+            if lease is not None:
+                # `exited` may be done already (the engine gave up waiting for it); the
+                # slot the engine holds until `gone` is released either way
+                if not lease.exited.done():
+                    lease.exited.set_result(msg)
                 if msg.get("early"):
                     self._dying[lease.sid] = lease
-                else:
+                elif not lease.gone.done():
                     lease.gone.set_result(None)
             elif msg.get("setup_error"):
                 self.last_error = f"sandbox setup failed: {msg['setup_error']}"
