@@ -162,11 +162,6 @@ class Zygote:
             pidfd = os.pidfd_open(pid)
             _write_map(f"/proc/{pid}/uid_map", f"{mounts.SANDBOX_UID} {uid} 1\n")
             _write_map(f"/proc/{pid}/gid_map", f"{mounts.SANDBOX_GID} {uid} 1\n")
-            if session is None:
-                # a pooled sandbox's setup, and later its teardown, run when the cores have
-                # nothing better to do: requests and their answers come first (it gets the
-                # normal policy back when taken)
-                os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
             os.write(sync_w, b"G")
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
@@ -239,12 +234,6 @@ class Zygote:
             # without a prestart this was done when it became ready, off the request path
             if self.cfg.prestart:
                 box.cgroup.reset_counters()
-            if box.session is None:
-                # a prestarted interpreter too; without one, pid 1 is all there is
-                procs = box.cgroup.pids() if self.cfg.prestart else []
-                for pid in procs or [box.pid]:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
             box.cpu_limit_ns = lim.get("cpu_limit_ns")
             box.nofile = lim.get("fds")
             box.pids_peak = 1  # the sandbox's own pid 1 exists at hand-over
@@ -320,7 +309,9 @@ class Zygote:
                 box.program_status = status
                 self._report_end(box, None)
                 # its teardown, and that of what its init has just ended (node's heap, say),
-                # after the answer: see spawn
+                # runs when the cores have nothing better to do: after the answer, and
+                # after the next requests. (Not its setup: in the idle class a pool starved
+                # under load, seen as misses.) The engine holds its slot until it is reaped.
                 for pid in box.cgroup.pids() or [box.pid]:
                     with contextlib.suppress(ProcessLookupError):
                         os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
