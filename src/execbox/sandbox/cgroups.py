@@ -15,6 +15,10 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+from execbox.sandbox.kernfiles import read as _read
+from execbox.sandbox.kernfiles import read_fd
+from execbox.sandbox.kernfiles import write as _write
+
 # cpu (bandwidth) is left out until a limit uses it: each hierarchy costs every sandbox a
 # mkdir, an attach and a rmdir
 V1_CONTROLLERS = ("memory", "pids", "cpuacct")
@@ -33,8 +37,6 @@ class CgroupStats:
     memory_peak_bytes: int | None = None
     memory_current_bytes: int | None = None
     oom_kills: int = 0
-    memory_failcnt: int = 0
-    pids_current: int | None = None
     pids_peak: int | None = None  # cgroup v2 only
     pids_limit_hits: int = 0
     cpu_usage_ns: int | None = None
@@ -54,35 +56,6 @@ def _mounts() -> list[tuple[str, str, set[str]]]:
             if len(parts) >= 4 and parts[2] in ("cgroup", "cgroup2"):
                 out.append((parts[1], parts[2], set(parts[3].split(","))))
     return out
-
-
-def _read(path: str, dir_fd: int | None = None) -> str | None:
-    # os.open/os.read rather than open(): three syscalls instead of eight, and no file
-    # object. The zygote reads these for every sandbox, and every object it allocates
-    # costs it a copy-on-write fault after its next clone.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return None
-    try:
-        chunks = [os.read(fd, 4096)]
-        # cgroupfs answers a read with all it can fit: only a full buffer may have more
-        # (cgroup.procs of a busy sandbox)
-        while len(chunks[-1]) == 4096:
-            chunks.append(os.read(fd, 4096))
-        return b"".join(chunks).decode()
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _write(path: str, value: str, dir_fd: int | None = None) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
 
 
 def _keyed(text: str | None) -> dict[str, int]:
@@ -184,7 +157,6 @@ STATS_V1 = (
     ("memory", "memory.max_usage_in_bytes"),
     ("memory", "memory.usage_in_bytes"),
     ("memory", "memory.oom_control"),
-    ("memory", "memory.failcnt"),
     ("pids", "pids.current"),
     ("pids", "pids.events"),
     ("cpuacct", "cpuacct.usage"),
@@ -211,6 +183,9 @@ class Cgroup:
     # the directories, opened once: a file is then opened relative to its directory's fd,
     # without walking the whole cgroupfs path each time
     _dirfds: dict[str, int] = field(default_factory=dict, repr=False)
+    # the files read again and again (the end report, the sampling): kept open and read
+    # with pread, one syscall each, on the request's path (see keep_open)
+    _files: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
 
     def _at(self, ctrl: str) -> int | None:
         d = self.paths.get("unified" if self.version == 2 else ctrl)
@@ -225,21 +200,11 @@ class Cgroup:
             self._dirfds[d] = fd
         return fd
 
-    # the files read again and again (the end report, the sampling): kept open and read
-    # with pread, one syscall each, on the request's path (see keep_open)
-    _files: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
-
     def _get(self, ctrl: str, file: str) -> str | None:
         fd = self._files.get((ctrl, file))
         if fd is not None:
             try:
-                data = os.pread(fd, 4096, 0)
-                while len(data) % 4096 == 0 and data:  # a full buffer may have more
-                    more = os.pread(fd, 4096, len(data))
-                    if not more:
-                        break
-                    data += more
-                return data.decode()
+                return read_fd(fd)
             except OSError:
                 return None
         at = self._at(ctrl)
@@ -318,8 +283,6 @@ class Cgroup:
             s.memory_current_bytes = _int(get("memory", "memory.current"))
             ev = _keyed(get("memory", "memory.events"))
             s.oom_kills = ev.get("oom_kill", 0)
-            s.memory_failcnt = ev.get("max", 0)
-            s.pids_current = _int(get("pids", "pids.current"))
             s.pids_peak = _int(get("pids", "pids.peak"))
             s.pids_limit_hits = _keyed(get("pids", "pids.events")).get("max", 0)
             cpu = _keyed(get("cpu", "cpu.stat"))
@@ -331,8 +294,6 @@ class Cgroup:
         s.memory_peak_bytes = _int(get("memory", "memory.max_usage_in_bytes"))
         s.memory_current_bytes = _int(get("memory", "memory.usage_in_bytes"))
         s.oom_kills = _keyed(get("memory", "memory.oom_control")).get("oom_kill", 0)
-        s.memory_failcnt = _int(get("memory", "memory.failcnt")) or 0
-        s.pids_current = _int(get("pids", "pids.current"))
         s.pids_limit_hits = _keyed(get("pids", "pids.events")).get("max", 0)
         # cpuacct.stat is in USER_HZ ticks, too coarse for a job of a few ms: the three
         # nanosecond files instead

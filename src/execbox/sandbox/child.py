@@ -178,10 +178,6 @@ def run_job(spec: ChildSpec) -> int:
             return python_inproc.run(job["code"], main, handler=handler, result_fd=RESULT_FD)
         channel = os.fstat(READY_FD)
         status = python_inproc.run(job["code"], main, handler=handler, result_fd=RESULT_FD)
-        # what the code left running goes now, as this process's exit would end it: it may
-        # hold the stdio pipes, and this process's teardown runs in the idle class
-        with contextlib.suppress(OSError):
-            os.kill(-1, signal.SIGKILL)
         _report_done(status << 8, channel)
         return status
     if warm is not None and spec.runtime == "bash":
@@ -199,13 +195,17 @@ def run_job(spec: ChildSpec) -> int:
 def _report_done(wait_status: int, channel: os.stat_result | None = None) -> None:
     """Tell the zygote the program's end before this process's own teardown, which costs
     about a millisecond (unmapping its copy of the zygote's memory) that nobody needs to
-    wait for. The stdio pipes are closed first, so the engine sees their end now too; the
+    wait for. Called by the sandbox's pid 1. What the program left running is ended first,
+    as pid 1's exit would end it (it may hold the stdio pipes, and the teardown runs in the
+    idle class), and the stdio pipes are closed, so the engine sees their end now too; the
     zygote kills the sandbox as soon as it reads this.
 
     In a Python sandbox the code ran in this process and could have written to the channel
     itself: that only lets it end its own run with a status it chose, which it could do by
     exiting. `channel` makes sure the fd is still the zygote's pipe, not a file of the code's
     that took its number; the write never blocks (the code may have filled the pipe)."""
+    with contextlib.suppress(OSError):
+        os.kill(-1, signal.SIGKILL)  # from a namespace's init: all of it but itself
     for fd in (0, 1, 2):
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -272,9 +272,7 @@ def _hand_over(warm: Warm, job: dict, message: bytes, early: bool) -> int:
     if early and warm.end_r >= 0:
         code = _said_end(warm.pid, warm.end_r)
         if code is not None:
-            with contextlib.suppress(OSError):
-                os.kill(-1, signal.SIGKILL)  # it, in its teardown, and what it left running
-            _report_done(code << 8)
+            _report_done(code << 8)  # ends it, in its teardown, and what it left running
             return code
     return _wait_for(warm.pid, early)
 
@@ -394,8 +392,6 @@ def _wait_for(pid: int, early: bool) -> int:
         if done == pid:
             break
     if early:
-        with contextlib.suppress(OSError):
-            os.kill(-1, signal.SIGKILL)  # from a namespace's init: all of it but itself
         _report_done(status)
     else:
         os.write(READY_FD, b"S%d\n" % status)

@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from execbox.sandbox import child, landlock, libc, mounts, protocol
+from execbox.sandbox import child, kernfiles, landlock, libc, mounts, protocol
 from execbox.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits
 from execbox.sandbox.seccomp import build_filter
 
@@ -160,8 +160,8 @@ class Zygote:
             os.close(fd)
         try:
             pidfd = os.pidfd_open(pid)
-            _write_map(f"/proc/{pid}/uid_map", f"{mounts.SANDBOX_UID} {uid} 1\n")
-            _write_map(f"/proc/{pid}/gid_map", f"{mounts.SANDBOX_GID} {uid} 1\n")
+            kernfiles.write(f"/proc/{pid}/uid_map", f"{mounts.SANDBOX_UID} {uid} 1\n")
+            kernfiles.write(f"/proc/{pid}/gid_map", f"{mounts.SANDBOX_GID} {uid} 1\n")
             os.write(sync_w, b"G")
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
@@ -307,7 +307,7 @@ class Zygote:
             status = _done_status(body, exits_only=self.cfg.runtime == "python")
             if status is not None:
                 box.program_status = status
-                self._report_end(box, None)
+                self._report_end(box, _read_io(box.pid))
                 # its teardown, and that of what its init has just ended (node's heap, say),
                 # runs when the cores have nothing better to do: after the answer, and
                 # after the next requests. (Not its setup: in the idle class a pool starved
@@ -341,23 +341,17 @@ class Zygote:
         if box.reported:  # early: the engine holds its slot until now
             self.report({"op": "reaped", "sid": sid})
         else:
-            self._report_end(box, ru, status, io)
+            self._report_end(box, io, ru, status)
         if not box.cgroup.destroy():
             self.report({"op": "log", "level": "error", "msg": f"cgroup of {sid} not removed"})
 
     def _report_end(
-        self,
-        box: Sandbox,
-        ru: Any,
-        status: int | None = None,
-        io: dict[str, int] | None = None,
+        self, box: Sandbox, io: dict[str, int] | None, ru: Any = None, status: int | None = None
     ) -> None:
         """The engine's account of a sandbox's end: at its exit, or earlier, when the
         sandbox said its program ended (then `ru` is None: no rusage before the reaping,
         the cgroup's counters stand for it)."""
         box.reported = True
-        if ru is None:
-            io = _read_io(box.pid)
         stats = box.cgroup.stats()
         if stats.pids_peak is not None:  # cgroup v2 counts it exactly
             box.pids_peak = max(box.pids_peak, stats.pids_peak)
@@ -431,8 +425,7 @@ class Zygote:
                 elif sid not in self.live:
                     continue  # reaped earlier in this batch: its channel was read then
                 elif kind == "ready":
-                    if self.live[sid].ready_fd >= 0:
-                        self.on_ready(sid)
+                    self.on_ready(sid)
                 elif kind == "exit":
                     self.on_exit(sid)
 
@@ -548,25 +541,14 @@ def _done_status(body: bytes, exits_only: bool) -> int | None:
     return status
 
 
-def _write_map(path: str, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
-
-
 def _read_io(pid: int) -> dict[str, int] | None:
     try:
-        fd = os.open(f"/proc/{pid}/io", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            text = os.read(fd, 4096).decode()
-        finally:
-            os.close(fd)
-        fields = dict(line.split(": ") for line in text.splitlines())
-    except (OSError, ValueError):
+        fields = dict(
+            line.split(": ") for line in (kernfiles.read(f"/proc/{pid}/io") or "").splitlines()
+        )
+        return {"rchar": int(fields["rchar"]), "wchar": int(fields["wchar"])}
+    except (KeyError, ValueError):
         return None
-    return {"rchar": int(fields["rchar"]), "wchar": int(fields["wchar"])}
 
 
 def main() -> None:
