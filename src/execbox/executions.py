@@ -146,14 +146,13 @@ class Executions:
 
     async def run(
         self, exec_id: str, dialect: str, job: Job
-    ) -> tuple[Outcome | None, dict[str, Any]]:
+    ) -> tuple[Outcome | None, dict[str, Any] | None]:
         """Run now and record it. A known execution_id is not run again: (None, record)."""
         record, created = await self._create(exec_id, dialect, job, "running", None)
         if not created:
             return None, record
         outcome = await self.engine.run(dataclasses.replace(job, id=exec_id))
-        await self._finish(exec_id, outcome)
-        return outcome, await self.store.call(self.store.get_execution, exec_id)
+        return outcome, await self._finish(exec_id, outcome)
 
     async def record_only(self, exec_id: str, dialect: str, job: Job, outcome: Outcome) -> None:
         """Record an execution that already ran (dialects without ids of their own), off
@@ -215,18 +214,20 @@ class Executions:
         )
         await self._maybe_call_back(exec_id)
 
-    async def _finish(self, exec_id: str, outcome: Outcome) -> None:
+    async def _finish(self, exec_id: str, outcome: Outcome) -> dict[str, Any] | None:
+        """Record the outcome; the finished record (read once, for the callback too)."""
         result = outcome_to_dict(outcome, self.caps.max_output_bytes)
         status = record_status(outcome)
         await self.store.call(
             lambda: self.store.update_execution(exec_id, status=status, result=result)
         )
-        await self._maybe_call_back(exec_id)
+        return await self._maybe_call_back(exec_id)
 
-    async def _maybe_call_back(self, exec_id: str) -> None:
+    async def _maybe_call_back(self, exec_id: str) -> dict[str, Any] | None:
+        """Send the record to its callback URL, if it has one; the record."""
         record = await self.store.call(self.store.get_execution, exec_id)
         if record is None or not record.get("callback_url"):
-            return
+            return record
 
         async def note(attempt: int, code: int | None, error: str | None) -> None:
             await self.store.call(
@@ -238,6 +239,7 @@ class Executions:
         self._background.spawn(
             callbacks.deliver(record["callback_url"], payload, self.callback_policy, note)
         )
+        return record
 
     async def recover(self) -> dict[str, int]:
         """After a restart: re-run what never started, mark what was running interrupted."""

@@ -153,12 +153,9 @@ async def download(request: Request, session_id: str, path: str) -> Response:
 async def upload(request: Request, session_id: str, path: str) -> Response:
     if (elsewhere := await _elsewhere(request, session_id, place=True)) is not None:
         return elsewhere
-    try:
-        S.resolve_rel(path)
-    except S.SessionError as exc:
-        raise ApiError(400, str(exc), D) from None
     sessions = common.sessions(request)
     try:
+        S.resolve_rel(path)  # a bad path creates no session
         ws = await asyncio.to_thread(sessions.ensure, session_id)
     except S.SessionError as exc:
         raise ApiError(400, str(exc), D) from None

@@ -138,14 +138,10 @@ class RedisRecords:
             "created_at": now,
             "expires_at": now + retention_s,
         }
-        return self.put(record, created_at=now, stream=stream)
+        return self.put(record, stream=stream)
 
     def put(
-        self,
-        record: dict[str, Any],
-        created_at: float,
-        overwrite: bool = False,
-        stream: str | None = None,
+        self, record: dict[str, Any], overwrite: bool = False, stream: str | None = None
     ) -> tuple[dict[str, Any], bool]:
         """Create the record unless its id exists (or overwrite its fields): (the stored
         record, whether this call created it)."""
@@ -161,19 +157,21 @@ class RedisRecords:
             [key, index_key(session) if session else key, stream or key],
             [
                 record["id"],
-                f"{created_at}" if session else "",
+                f"{record['created_at']}" if session else "",
                 str(expires),
                 "1" if stream else "0",
                 session,
                 *flat,
             ],
         )
-        if not made and overwrite:
+        created = {**{f: None for f in FIELDS}, **record, "callback_attempts": []}
+        if made:  # what was stored is this record: no read back
+            return created, True
+        if overwrite:
             self.link.run(self._update, [key], flat)
         stored = self.get_execution(record["id"])
-        if stored is None:  # expired at once: its retention is shorter than a second
-            stored = {**{f: None for f in FIELDS}, **record, "callback_attempts": []}
-        return stored, bool(made)
+        # None: expired at once, its retention shorter than a second
+        return (stored if stored is not None else created), False
 
     def update_execution(
         self,
@@ -220,7 +218,8 @@ class RedisRecords:
             gone = [i for i, alive in zip(ids, pipe.execute(), strict=True) if not alive]
             if gone:  # expired records leave the index too
                 r.zrem(index_key(session_id), *gone)
-            live = [i for i in ids if i not in set(gone)]
+            dropped = set(gone)
+            live = [i for i in ids if i not in dropped]
             pipe = r.pipeline(transaction=False)
             for i in live[offset : offset + limit]:
                 pipe.hgetall(exec_key(i))
@@ -235,12 +234,13 @@ class RedisRecords:
         entry = {"attempt": attempt, "at": time.time(), "status_code": status_code, "error": error}
 
         def write() -> None:
-            r = self.link.client
             key = exec_key(exec_id) + ":callbacks"
-            r.rpush(key, json.dumps(entry))
-            ttl = r.ttl(exec_key(exec_id))
+            pipe = self.link.client.pipeline(transaction=False)
+            pipe.rpush(key, json.dumps(entry))
+            pipe.ttl(exec_key(exec_id))
+            _, ttl = pipe.execute()
             if ttl > 0:
-                r.expire(key, ttl)
+                self.link.client.expire(key, ttl)
 
         self.link.run(write)
 
@@ -317,7 +317,7 @@ class ClusterRecords:
         for rec in self.local.finished_executions():
             rec = dict(rec)
             attempts = rec.pop("callback_attempts")
-            self.redis.put(rec, created_at=rec["created_at"], overwrite=True)
+            self.redis.put(rec, overwrite=True)
             for a in attempts:
                 self.redis.record_callback_attempt(
                     rec["id"], a["attempt"], a["status_code"], a["error"]

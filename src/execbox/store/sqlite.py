@@ -182,12 +182,16 @@ class Store:
             row = self._db.execute("SELECT * FROM executions WHERE id=?", (exec_id,)).fetchone()
             if row is None:
                 return None
-            attempts = self._db.execute(
-                "SELECT attempt, at, status_code, error FROM callback_attempts"
-                " WHERE execution_id=? ORDER BY attempt",
-                (exec_id,),
-            ).fetchall()
-        return _record(row, [dict(a) for a in attempts])
+            return _record(row, self._attempts(exec_id))
+
+    def _attempts(self, exec_id: str) -> list[dict[str, Any]]:
+        """An execution's callback attempts (the caller holds the lock)."""
+        rows = self._db.execute(
+            "SELECT attempt, at, status_code, error FROM callback_attempts"
+            " WHERE execution_id=? ORDER BY attempt",
+            (exec_id,),
+        ).fetchall()
+        return [dict(a) for a in rows]
 
     def list_session_executions(
         self, session_id: str, limit: int, offset: int
@@ -213,20 +217,12 @@ class Store:
 
     def finished_executions(self, limit: int = 500) -> list[dict[str, Any]]:
         with self._lock:
+            marks = ",".join("?" * len(FINAL_STATUSES))
             rows = self._db.execute(
-                "SELECT * FROM executions WHERE status IN"
-                " ('completed', 'failed', 'timeout', 'interrupted') ORDER BY created_at LIMIT ?",
-                (limit,),
+                f"SELECT * FROM executions WHERE status IN ({marks}) ORDER BY created_at LIMIT ?",
+                (*FINAL_STATUSES, limit),
             ).fetchall()
-            out = []
-            for r in rows:
-                attempts = self._db.execute(
-                    "SELECT attempt, at, status_code, error FROM callback_attempts"
-                    " WHERE execution_id=? ORDER BY attempt",
-                    (r["id"],),
-                ).fetchall()
-                out.append(_record(r, [dict(a) for a in attempts]))
-        return out
+            return [_record(r, self._attempts(r["id"])) for r in rows]
 
     def execution_ids(self) -> list[str]:
         with self._lock:
