@@ -145,8 +145,8 @@ class Cluster:
         await self.link.call(self.registry.beat, self.info())
         self._token = await self.link.call(self._cluster_token)
         # sessions this node held before it joined (in single-node mode) get their place
-        for sid in await asyncio.to_thread(self.sessions.store.all_sessions):
-            await self.link.call(self.placement.claim, sid, self.me)
+        held = await asyncio.to_thread(self.sessions.store.all_sessions)
+        await self.link.call(self.placement.claim_all, held, self.me)
         moved = await self.records.call(self.records.sync_back)
         if moved:
             log.warning("moved %d records kept during a Redis outage to Redis", moved)

@@ -29,5 +29,17 @@ class Placement:
 
         return self.link.run(claim)
 
+    def claim_all(self, session_ids: list[str], node: str) -> None:
+        """Place each session on node unless it is placed already, in one round trip."""
+
+        def claim() -> None:
+            pipe = self.link.client.pipeline(transaction=False)
+            for sid in session_ids:
+                pipe.set(session_key(sid), node, nx=True)
+            pipe.execute()
+
+        if session_ids:
+            self.link.run(claim)
+
     def release(self, session_id: str) -> None:
         self.link.run(self.link.client.delete, session_key(session_id))
