@@ -88,7 +88,10 @@ def test_local_counting_starts_no_thread_per_request_and_still_drops_old_entries
 
     monkeypatch.setattr(memory.threading, "Timer", CountingTimer)
     limiter = RateLimiter("100/second")
-    started.clear()  # the storage's constructor starts one, once
+    # the storage's constructor starts one, once: proof that this patch sees the library's
+    # timers at all
+    assert len(started) == 1
+    started.clear()
     who = Identity(None, "10.0.0.9")
     for _ in range(5):
         limiter.hit(who, "zeroboot")

@@ -3,6 +3,7 @@ nodes as separate `execbox serve` processes, each with its own state directory."
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -19,16 +20,11 @@ import httpx
 import pytest
 
 from tests.mounts import unmount_below
+from tests.ports import free_port
 
 KEYS = [f"key-{i:02d}" for i in range(40)]
 RATE = "300/minute"
 POLL_KEYS = KEYS[20:]  # polling for results has budgets of its own
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str, step: float = 0.1):  # type: ignore[no-untyped-def]
@@ -223,11 +219,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: Redis) -> It
 
 def leftovers(server_pid: int) -> list[str]:
     """The cgroups and processes a server with this pid left behind."""
-    found = [
-        d
-        for ctrl in ("memory", "pids", "cpuacct", "unified")
-        if os.path.isdir(d := f"/sys/fs/cgroup/{ctrl}/execbox/{server_pid}")
-    ]
+    tree = f"execbox/{server_pid}"  # below each v1 hierarchy, or the v2 root
+    found = glob.glob(f"/sys/fs/cgroup/*/{tree}") + glob.glob(f"/sys/fs/cgroup/{tree}")
     for proc in Path("/proc").iterdir():
         try:
             cmd = (proc / "cmdline").read_bytes()

@@ -74,7 +74,7 @@ def test_an_execution_run_on_one_node_is_found_through_another(cluster: Cluster)
         assert r.status_code == 200, r.text
         exec_id = r.json()["id"]
         # recorded off the request's path, as on a single node
-        body = finished(c, c_.url, [exec_id], 10)[exec_id]
+        body = finished(c_.url, [exec_id], 10)[exec_id]
     assert body["status"] == "completed" and body["stdout"] == "42\n"
 
 
@@ -198,7 +198,7 @@ def submit(c: httpx.Client, url: str, session: str, code: str) -> str:
     return exec_id
 
 
-def finished(c: httpx.Client, url: str, ids: list[str], timeout: float) -> dict[str, Any]:
+def finished(url: str, ids: list[str], timeout: float) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         recs = {i: record(url, i) for i in ids}
         return (
@@ -235,7 +235,7 @@ def test_async_work_is_shared_through_the_queue(cluster: Cluster) -> None:
         on_a = submit(c, b.url, home, "print(open('f').read())")
         # new sessions: whichever node has room takes them
         fresh = [submit(c, c_.url, uid("s"), "print('fresh')") for _ in range(4)]
-        recs = finished(c, a.url, [on_a, *fresh], 30)
+        recs = finished(a.url, [on_a, *fresh], 30)
     assert recs[on_a]["status"] == "completed" and recs[on_a]["stdout"] == "x\n"
     assert all(recs[i]["stdout"] == "fresh\n" for i in fresh), recs
 
@@ -290,7 +290,7 @@ def test_a_killed_node_loses_nothing_and_runs_nothing_twice(cluster: Cluster) ->
             == ["node-b", "node-c"],
             5, "the node list to drop A",
         )  # fmt: skip
-        recs = finished(c, b.url, fresh + queued_on_a, 40)
+        recs = finished(b.url, fresh + queued_on_a, 40)
         for t in busy:
             t.join()
         after = executions_run(b.url) + executions_run(c_.url)
@@ -347,6 +347,7 @@ def test_a_redis_restart_is_survived(cluster: Cluster) -> None:
         # a node serves the sessions it holds; one held elsewhere is not started over here
         r = run_exec(c, a.url, home, "print(open('kept').read())")
         assert r.status_code == 200, r.text
+        assert r.json()["stdout"] == "survives a restart of A\n", r.text
         r = run_exec(c, b.url, home, "print(1)")
         assert r.status_code == 503 and "Redis" in r.json()["detail"], r.text
         # async work cannot be accepted: it says so, and nothing is half-accepted
@@ -371,4 +372,4 @@ def test_a_redis_restart_is_survived(cluster: Cluster) -> None:
         assert rec.json()["stdout"] == "no redis\n"
         # and async work is accepted and run again
         exec_id = submit(c, c_.url, uid("s"), "print('after')")
-        assert finished(c, a.url, [exec_id], 20)[exec_id]["stdout"] == "after\n"
+        assert finished(a.url, [exec_id], 20)[exec_id]["stdout"] == "after\n"

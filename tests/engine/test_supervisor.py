@@ -54,8 +54,9 @@ def test_an_early_end_keeps_the_slot_until_the_sandbox_is_reaped() -> None:
         sup._leases["a"] = lease
         sup._dispatch({"op": "exit", "sid": "a", "early": True}, [])
         assert lease.exited.done() and not lease.gone.done()
+        assert lease.exited.result()["sid"] == "a" and "a" in sup._dying
         sup._dispatch({"op": "reaped", "sid": "a"}, [])
-        assert lease.gone.done()
+        assert lease.gone.done() and "a" not in sup._dying
     finally:
         loop.close()
 

@@ -19,7 +19,14 @@ import time
 from execbox import runtimes
 from execbox.jobs import Job, Status
 
-from .conftest import session_id
+from .conftest import proc_status, session_id
+
+
+def _rss_kb(pid: int) -> int:
+    status = proc_status(pid)
+    assert status is not None, pid
+    return int(status["VmRSS"].split()[0])
+
 
 WRITE_4 = "import os\ndef say(b):\n    os.write(4, b)\n"
 
@@ -114,11 +121,6 @@ def test_an_init_reports_early_and_ends_what_the_program_left_running(engine) ->
     out = engine.run(Job(runtime="bash", code="sleep 30 & echo started; exit 6"))
     assert out.exit_code == 6 and out.stdout == b"started\n", out
     assert out.timings.total_ms < 5000
-
-
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
 
 
 def test_node_says_its_exit_code_before_its_teardown_and_a_forged_one_ends_only_itself(

@@ -41,8 +41,8 @@ print(json.dumps({"res": res, "same": before == after, "uid_map": after["/proc/s
     assert out["same"] is True
     inside, outside, count = out["uid_map"].split()
     assert (inside, count) == ("1000", "1")
-    lo = {z.launch.uid_base for z in engine.engine.zygotes.values()}
-    assert any(b <= int(outside) < b + 4096 for b in lo), outside  # one of the pool's uids
+    ranges = [(z.launch.uid_base, z.launch.uid_count) for z in engine.engine.zygotes.values()]
+    assert any(b <= int(outside) < b + n for b, n in ranges), outside  # one of the pools' uids
     assert out["ids"] == [[1000, 1000, 1000], [1000, 1000, 1000]]
 
 
@@ -182,10 +182,8 @@ print(json.dumps({"res": res, "nosuid": nosuid}))
     out = py_json(engine, code, wall_time_s=30)
     assert all(out["nosuid"].values()), out["nosuid"]
     res = out["res"]
-    # this host ships setuid binaries (mount, passwd, ...): the attack is real here; on a
-    # host with none, the nosuid mounts above are what would stop one
-    if res:
-        assert any(p.endswith("/mount") or p.endswith("/passwd") for p in res), sorted(res)
+    # this host ships setuid binaries (mount, passwd, ...): the attack is real here
+    assert any(p.endswith("/mount") or p.endswith("/passwd") for p in res), sorted(res)
     ran = {p: r for p, r in res.items() if r != "not executable"}
     assert ran, res
     for path, r in ran.items():

@@ -24,14 +24,15 @@ def test_kill_minus_one_kills_only_the_sandboxs_own_processes(engine) -> None:
         # a neighbour sandbox with a child of its own, running through the attack
         victim = Job(
             runtime="bash",
-            code="sleep 30 & child=$!; sleep 1.5; kill -0 $child && echo child-alive; "
-            "echo victim-done",
+            code="echo start=$EPOCHREALTIME; sleep 30 & child=$!; sleep 1.5; "
+            "kill -0 $child && echo child-alive; echo end=$EPOCHREALTIME; echo victim-done",
             limits=make_limits(wall_time_s=10),
         )
         # the attacks: from the program (pid 2 under the sandbox's init) and from pid 1
         shell = Job(
             runtime="bash",
-            code="sleep 0.3; sleep 30 & sleep 30 & kill -9 -1; echo rc=$?; wait; echo done",
+            code="sleep 0.3; sleep 30 & sleep 30 & kill -9 -1; echo rc=$?; echo at=$EPOCHREALTIME; "
+            "wait; echo done",
             limits=make_limits(wall_time_s=10),
         )
         python = Job(
@@ -47,8 +48,9 @@ for _ in range(2):
         os._exit(0)
     kids.append(pid)
 os.kill(-1, signal.SIGKILL)
+at = time.time()
 codes = [os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids]
-print(json.dumps({"me": os.getpid(), "kids": codes}))
+print(json.dumps({"me": os.getpid(), "kids": codes, "at": at}))
 """,
             limits=make_limits(wall_time_s=10),
         )
@@ -56,13 +58,22 @@ print(json.dumps({"me": os.getpid(), "kids": codes}))
         v, a, p = engine.many([victim, shell, python])
         elapsed = time.monotonic() - t0
         # the attackers' own children died, the attackers lived and ended normally
-        assert (a.status, a.stdout) == (Status.SUCCESS, b"rc=0\ndone\n"), a
+        shell_out = dict(line.split("=", 1) for line in a.stdout.decode().split()[:2])
+        assert a.status is Status.SUCCESS and shell_out["rc"] == "0", a
+        assert a.stdout.endswith(b"\ndone\n"), a
         assert p.status is Status.SUCCESS, p.stderr
-        assert json.loads(p.stdout) == {"me": 1, "kids": [-9, -9]}
+        py_out = json.loads(p.stdout)
+        assert (py_out["me"], py_out["kids"]) == (1, [-9, -9])
         # nothing else was reached: the neighbour, its child, the host, the zygotes
-        assert (v.status, v.stdout) == (Status.SUCCESS, b"child-alive\nvictim-done\n"), v
+        lines = v.stdout.decode().split()
+        assert v.status is Status.SUCCESS, v
+        assert lines[1:2] + lines[3:] == ["child-alive", "victim-done"], v
+        # and the neighbour was running while both attacks were made
+        start, end = float(lines[0].split("=")[1]), float(lines[2].split("=")[1])
+        assert start < float(shell_out["at"]) < end, (start, shell_out, end)
+        assert start < py_out["at"] < end, (start, py_out, end)
         assert elapsed < 8, elapsed  # the attackers' 30 s sleeps were killed
-        assert host_victim.poll() is None
+        assert host_victim.poll() is None  # root's: out of the sandbox's reach by uid too
         for name, pid in zygotes.items():
             z = engine.engine.zygotes[name]
             assert z.proc is not None and z.proc.pid == pid and z.proc.poll() is None, name
