@@ -20,7 +20,7 @@ import shlex
 import signal
 import socket
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from execbox.runtimes import python_inproc
 from execbox.sandbox import landlock, libc, mounts
@@ -398,13 +398,28 @@ def _wait_for(pid: int, early: bool) -> int:
     return os.waitstatus_to_exitcode(status) & 0xFF
 
 
-def main(spec: ChildSpec, sync_fd: int, fds: tuple[int, ...]) -> None:
+def _own_spec(base: ChildSpec, sync_fd: int) -> ChildSpec | None:
+    """Wait for the zygote's go: "G" once it has written our uid map, then what is this
+    sandbox's own (its cgroup, a session's workspace) as JSON, then the end of the pipe.
+    None if the zygote let go of us instead."""
+    chunks = []
+    while chunk := os.read(sync_fd, 1 << 16):
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if data[:1] != b"G":
+        return None
+    own = json.loads(data[1:])
+    return replace(base, cgroup_procs=own["cgroup_procs"], workspace=own["workspace"])
+
+
+def main(base: ChildSpec, sync_fd: int, fds: tuple[int, ...]) -> None:
     """Entry point of the cloned child; never returns."""
     status = EXIT_SETUP_FAILED
     try:
-        if os.read(sync_fd, 1) != b"G":  # the zygote has written our uid map
+        spec = _own_spec(base, sync_fd)
+        if spec is None:
             os._exit(EXIT_SETUP_FAILED)
-        _arrange_fds(fds)  # closes sync_fd and everything else of the zygote's
+        _arrange_fds(fds)  # closes sync_fd and everything else of the cloner's
         try:
             setup(spec)
         except BaseException as exc:

@@ -22,7 +22,10 @@ def send(sock: socket.socket, msg: dict[str, Any], fds: list[int] | tuple[int, .
 
 def recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     """One message and its fds; (None, []) when the peer has gone."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    except ConnectionResetError:  # it closed with messages of ours still unread
+        return None, []
     if not data:
         for fd in fds:
             os.close(fd)

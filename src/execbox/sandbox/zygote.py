@@ -5,9 +5,9 @@ a copy of its memory), builds the read-only root and the seccomp filter once, pr
 its runtime, and keeps a pool of ready sandboxes. For each `take` it hands the engine one
 sandbox's pipes and pidfd over its socket; the engine writes the job straight into the
 sandbox. When a sandbox exits, the zygote reaps it, reads its cgroup, removes everything
-it made, and reports the exit status.
+it made, and reports the exit status. The clones are made by its cloner (cloner.py).
 
-Single-threaded on purpose: clone() copies only the calling thread.
+Single-threaded on purpose: a fork copies only the calling thread.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 
 from execbox.sandbox import child, kernfiles, landlock, libc, mounts, protocol
 from execbox.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits
+from execbox.sandbox.cloner import Cloner, ClonerGone
 from execbox.sandbox.seccomp import build_filter
 
 POLL_S = 0.05
@@ -99,7 +100,7 @@ class Zygote:
     cfg: ZygoteConfig
     sock: socket.socket
     cgroups: CgroupDriver
-    bpf: bytes
+    cloner: Cloner
     sel: selectors.DefaultSelector = field(default_factory=selectors.DefaultSelector)
     free_uids: deque[int] = field(default_factory=deque)
     live: dict[str, Sandbox] = field(default_factory=dict)
@@ -107,7 +108,6 @@ class Zygote:
     running: dict[str, Sandbox] = field(default_factory=dict)  # taken and not yet reaped
     sample_order: deque[str] = field(default_factory=deque)  # of running, next first
     seq: int = 0
-    landlock_abi: int = 0
     engine_gone: bool = False
 
     # ---- creating sandboxes -------------------------------------------------------------
@@ -135,34 +135,22 @@ class Zygote:
             limits = CgroupLimits(self.cfg.default_memory_bytes, self.cfg.default_pids)
             cg.set_limits(limits)
             cg.keep_open()
-            spec = child.ChildSpec(
-                root=self.cfg.root,
-                seccomp_bpf=self.bpf,
-                tmp_bytes=self.cfg.tmp_bytes,
-                work_bytes=self.cfg.work_bytes,
-                cgroup_procs=cg.procs_files(),
-                workspace=session["dir"] if session else None,
-                landlock_abi=self.landlock_abi,
-                runtime=self.cfg.runtime,
-                prestart=self.cfg.prestart,
-            )
-            pid = libc.clone(CLONE_FLAGS)
-        except OSError:
+            pid = self._clone((in_r, out_w, err_w, job_r, ready_w, res_w, sync_r))
+        except (OSError, ClonerGone):
             for fd in (*(fd for pair in pipes for fd in pair), ready_r, ready_w):
                 os.close(fd)
             if cg is not None:
                 cg.destroy()
             self._release_uid(uid, session)
             raise
-        if pid == 0:
-            child.main(spec, sync_r, (in_r, out_w, err_w, job_r, ready_w, res_w))  # no return
         for fd in (job_r, res_w, in_r, out_w, err_w, sync_r, ready_w):
             os.close(fd)
         try:
             pidfd = os.pidfd_open(pid)
             kernfiles.write(f"/proc/{pid}/uid_map", f"{mounts.SANDBOX_UID} {uid} 1\n")
             kernfiles.write(f"/proc/{pid}/gid_map", f"{mounts.SANDBOX_GID} {uid} 1\n")
-            os.write(sync_w, b"G")
+            own = {"cgroup_procs": cg.procs_files(), "workspace": session and session["dir"]}
+            os.write(sync_w, b"G" + json.dumps(own).encode())
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -186,6 +174,14 @@ class Zygote:
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", sid))
         self.sel.register(ready_r, selectors.EVENT_READ, ("ready", sid))
         return box
+
+    def _clone(self, fds: tuple[int, ...]) -> int:
+        try:
+            return self.cloner.clone(fds)
+        except ClonerGone as exc:
+            self.report({"op": "log", "level": "error", "msg": f"{exc}; starting a new one"})
+            self.cloner = self.cloner.restarted()
+            return self.cloner.clone(fds)  # a second death in a row fails this spawn
 
     # ---- serving the engine ------------------------------------------------------------
 
@@ -504,6 +500,7 @@ class Zygote:
             self.kill(box)
         for sid in list(self.live):
             self.on_exit_quiet(sid)
+        self.cloner.stop()
 
     def on_exit_quiet(self, sid: str) -> None:
         box = self.live.pop(sid)
@@ -578,14 +575,23 @@ def main() -> None:
     # the sandbox must not find the server's source tree on its path
     src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != src]
-    z = Zygote(cfg, sock, driver, bpf, landlock_abi=landlock.abi())
-    z.free_uids.extend(range(cfg.uid_base, cfg.uid_base + cfg.uid_count))
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # Everything imported so far lives as long as the zygote: out of the collector's sight,
     # a full collection (in the zygote or in a sandbox) no longer writes to every object's
     # header, each write a copy-on-write fault of a page shared with every sandbox
     gc.collect()
     gc.freeze()
+    spec = child.ChildSpec(
+        root=cfg.root,
+        seccomp_bpf=bpf,
+        tmp_bytes=cfg.tmp_bytes,
+        work_bytes=cfg.work_bytes,
+        landlock_abi=landlock.abi(),
+        runtime=cfg.runtime,
+        prestart=cfg.prestart,
+    )
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    z = Zygote(cfg, sock, driver, Cloner.start(spec, CLONE_FLAGS))
+    z.free_uids.extend(range(cfg.uid_base, cfg.uid_base + cfg.uid_count))
     z.serve()
 
 

@@ -1,0 +1,69 @@
+"""The cloner: the zygote's one fork, which clones its sandboxes (see sandbox/cloner.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+from execbox.jobs import Job, Status
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _cloner(zygote: int) -> int:
+    """The zygote's one child in its own pid namespace; every other child is a sandbox
+    (cloned with CLONE_PARENT, so the zygote is their parent), each in a namespace of its own."""
+    ns = os.readlink(f"/proc/{zygote}/ns/pid")
+    same = [p for p in _children(zygote) if os.readlink(f"/proc/{p}/ns/pid") == ns]
+    assert len(same) == 1, same
+    return same[0]
+
+
+def test_sandboxes_are_the_zygotes_children_and_the_cloner_holds_nothing(engine) -> None:
+    sup = engine.engine.zygotes["python"]
+    zygote = sup.proc.pid
+    engine.py("print(1)")
+    time.sleep(0.3)  # the pool has refilled
+    cloner = _cloner(zygote)
+    sandboxes = [p for p in _children(zygote) if p != cloner]
+    assert sandboxes, "the pool's sandboxes should be the zygote's children"
+    for pid in sandboxes:
+        assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink(f"/proc/{zygote}/ns/pid")
+    # nothing of the zygote's (its engine socket, sandboxes' pipes, cgroup files) is held
+    # by the cloner, and so none of it is in a sandbox at its clone: stdio and its socket
+    _assert_holds_only_its_socket(cloner)
+
+
+def _assert_holds_only_its_socket(cloner: int) -> None:
+    fds = sorted(int(fd) for fd in os.listdir(f"/proc/{cloner}/fd"))
+    assert fds[:3] == [0, 1, 2] and len(fds) == 4, fds
+    assert os.readlink(f"/proc/{cloner}/fd/{fds[3]}").startswith("socket:")
+
+
+def test_a_killed_cloner_is_replaced_and_nothing_in_flight_is_lost(engine) -> None:
+    sup = engine.engine.zygotes["python"]
+    zygote = sup.proc.pid
+    engine.py("print(1)")
+    time.sleep(0.3)
+    cloner = _cloner(zygote)
+    slow = Job(runtime="python", code="import time; time.sleep(0.5); print('ok')")
+    running = asyncio.run_coroutine_threadsafe(engine.engine.run(slow), engine.loop)
+    time.sleep(0.1)
+    os.kill(cloner, signal.SIGKILL)
+    # more executions than the pool holds: the zygote must clone, through a new cloner
+    outs = engine.many([Job(runtime="python", code="print(2)") for _ in range(6)])
+    assert [o.status for o in outs] == [Status.SUCCESS] * 6, outs
+    assert all(o.stdout == b"2\n" for o in outs)
+    out = running.result(timeout=10)
+    assert out.status is Status.SUCCESS and out.stdout == b"ok\n", out
+    assert sup.proc.pid == zygote and sup.restarts == 0  # the same zygote, never restarted
+    new = _cloner(zygote)
+    assert new != cloner
+    # forked while sandboxes were live: a copy of their pipes held here would keep a
+    # sandbox waiting for the end of its job forever
+    _assert_holds_only_its_socket(new)
