@@ -47,7 +47,10 @@ def test_node_and_bash_exit_codes(engine) -> None:
 
 
 def test_numpy_imports_and_random_differs_between_sandboxes(engine) -> None:
-    code = "import numpy; print(numpy.arange(10).sum(), numpy.random.randint(1 << 30))"
+    code = (
+        "import numpy, random\n"
+        "print(numpy.arange(10).sum(), numpy.random.randint(1 << 30), random.getrandbits(64))"
+    )
     a, b = (
         engine.run(Job(runtime="python", code=code)),
         engine.run(Job(runtime="python", code=code)),
@@ -56,6 +59,40 @@ def test_numpy_imports_and_random_differs_between_sandboxes(engine) -> None:
     assert a.stdout.split()[0] == b"45"
     # every sandbox is a copy of one zygote: its generators must still be reseeded
     assert a.stdout.split()[1] != b.stdout.split()[1]
+    assert a.stdout.split()[2] != b.stdout.split()[2]
+
+
+def test_a_forked_child_that_exits_does_not_end_the_run(engine) -> None:
+    # the child runs the rest of the runner too; only the sandbox's pid 1 reports the end
+    out = engine.py(
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    print('child', flush=True)\n"
+        "    sys.exit(3)\n"
+        "time.sleep(0.3)\n"
+        "print('parent', os.wait()[1] >> 8)"
+    )
+    assert (out.status, out.exit_code) == (Status.SUCCESS, 0), out
+    assert out.stdout == b"child\nparent 3\n", out.stdout
+
+
+def test_threads_see_the_sandboxs_own_thread_ids_and_can_signal_the_main_one(engine) -> None:
+    # the sandbox is cloned by a raw syscall: glibc's record of the main thread's tid and
+    # threading's native_id must be the sandbox's, not the zygote's host tid
+    out = engine.py(
+        "import signal, threading, time\n"
+        "got = []\n"
+        "signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))\n"
+        "main = threading.main_thread()\n"
+        "def poke():\n"
+        "    try:\n"
+        "        signal.pthread_kill(main.ident, signal.SIGUSR1)\n"
+        "    except OSError as e:\n"
+        "        got.append(e.errno)\n"
+        "t = threading.Thread(target=poke); t.start(); t.join(); time.sleep(0.05)\n"
+        "print(got == [signal.SIGUSR1], main.native_id, threading.get_native_id())"
+    )
+    assert out.stdout == b"True 1 1\n", (out.stdout, out.stderr)
 
 
 def test_command_with_args_files_env_and_stdin(engine) -> None:

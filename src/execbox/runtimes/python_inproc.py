@@ -38,12 +38,14 @@ def _stream(fd: int, mode: str, line_buffering: bool) -> io.TextIOWrapper:
 
 
 def _reseed() -> None:
-    # Every sandbox is a copy of one zygote: without this, numpy's global generator would
-    # hand the same "random" numbers to every execution. (The random module reseeds itself
-    # through its own at-fork hook.)
+    """Every sandbox is a copy of one zygote: without this, numpy's global generator would
+    hand the same "random" numbers to every execution. (The random module reseeds itself
+    through its own at-fork hook.) And threading's record of the main thread's native id,
+    set in the zygote (its at-fork hook leaves it), would show the code a host tid."""
     np_random = sys.modules.get("numpy.random")
     if np_random is not None:
         np_random.seed()
+    threading.main_thread()._set_native_id()  # type: ignore[attr-defined]
 
 
 def _exit_code(exc: SystemExit) -> int:

@@ -178,7 +178,8 @@ def run_job(spec: ChildSpec) -> int:
             return python_inproc.run(job["code"], main, handler=handler, result_fd=RESULT_FD)
         channel = os.fstat(READY_FD)
         status = python_inproc.run(job["code"], main, handler=handler, result_fd=RESULT_FD)
-        _report_done(status << 8, channel)
+        if os.getpid() == 1:  # not a child the code forked, which ends here too
+            _report_done(status << 8, channel)
         return status
     if warm is not None and spec.runtime == "bash":
         if _can_source(job):
