@@ -308,3 +308,25 @@ print(json.dumps({"ns": ns, "ifs": ifs, "span": [t0, time.time()]}))
     zygotes = {os.readlink(f"/proc/{z.proc.pid}/ns/net") for z in engine.engine.zygotes.values()}
     assert mine not in (a["ns"], b["ns"]) and not zygotes & {a["ns"], b["ns"]}
     assert a["ifs"] == b["ifs"] == ["lo"]
+
+
+def test_each_sandbox_has_its_own_working_loopback_and_the_zygote_stays_home(engine) -> None:
+    """The zygote brings up each sandbox's `lo` from outside, entering the sandbox's network
+    namespace for it: the sandbox's servers on 127.0.0.1 and ::1 answer it, and the zygote
+    is back in the host's namespace every time."""
+    code = """
+import json, os, socket
+out = {"ns": os.readlink("/proc/self/ns/net")}
+for family, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    with socket.socket(family) as srv:
+        srv.bind((addr, 0)); srv.listen()
+        with socket.create_connection(srv.getsockname()[:2], timeout=2) as c:
+            conn, _ = srv.accept(); conn.sendall(b"hi"); out[addr] = c.recv(2).decode()
+print(json.dumps(out))
+"""
+    seen = [py_json(engine, code) for _ in range(3)]
+    assert all(s["127.0.0.1"] == "hi" and s["::1"] == "hi" for s in seen), seen
+    assert len({s["ns"] for s in seen}) == 3  # a namespace of its own, each
+    host = os.readlink("/proc/self/ns/net")
+    for z in engine.engine.zygotes.values():
+        assert os.readlink(f"/proc/{z.proc.pid}/ns/net") == host, z.runtime

@@ -18,9 +18,7 @@ import resource
 import select
 import shlex
 import signal
-import socket
-import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from execbox.runtimes import python_inproc
 from execbox.sandbox import landlock, libc, mounts
@@ -57,20 +55,11 @@ class ChildSpec:
     seccomp_bpf: bytes
     tmp_bytes: int
     work_bytes: int
-    cgroup_procs: list[str] = field(default_factory=list)
     workspace: str | None = None  # a session's workspace on the host, bound at /workspace
     landlock_abi: int = 0
     runtime: str = ""
     prestart: list[str] | None = None  # an interpreter to start while waiting in the pool
     hostname: str = "sandbox"
-
-
-def _loopback_up() -> None:
-    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s, siocgifflags, req))[1]
-        fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
 def _arrange_fds(fds: tuple[int, ...]) -> None:
@@ -93,16 +82,11 @@ def _drop_privileges() -> None:
 
 
 def setup(spec: ChildSpec) -> None:
-    """Turn this freshly cloned process into a sealed sandbox. Raises on any failure."""
-    # Join our cgroup ourselves (still host root, before the uid drop): an attach waits for
-    # an RCU grace period, up to ~13 ms on these hosts, which must not stall the zygote.
-    for procs in spec.cgroup_procs:
-        with open(procs, "w") as f:
-            f.write("0")
+    """Turn this freshly cloned process into a sealed sandbox. Raises on any failure.
+    (Its cgroup was joined before, and its loopback is brought up by the zygote.)"""
     libc.unshare(CLONE_NEWCGROUP)  # after the cgroup attach, so our cgroup is its root
     mounts.enter_root(spec.root, spec.tmp_bytes, spec.work_bytes, spec.workspace)
     libc.sethostname(spec.hostname)
-    _loopback_up()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _drop_privileges()
     landlock.restrict(
@@ -400,26 +384,35 @@ def _wait_for(pid: int, early: bool) -> int:
 
 
 def _own_spec(base: ChildSpec, sync_fd: int) -> ChildSpec | None:
-    """Wait for the zygote's go: "G" once it has written our uid map, then what is this
-    sandbox's own (its cgroup, a session's workspace) as JSON, then the end of the pipe.
-    None if the zygote let go of us instead."""
+    """Wait for the zygote's go: "G" once it has written our uid map (and brought up our
+    loopback), then a session's workspace, if any, then the end of the pipe. None if the
+    zygote let go of us instead."""
     chunks = []
     while chunk := os.read(sync_fd, 1 << 16):
         chunks.append(chunk)
     data = b"".join(chunks)
     if data[:1] != b"G":
         return None
-    own = json.loads(data[1:])
-    return replace(base, cgroup_procs=own["cgroup_procs"], workspace=own["workspace"])
+    return replace(base, workspace=data[1:].decode()) if len(data) > 1 else base
 
 
-def main(base: ChildSpec, sync_fd: int, fds: tuple[int, ...]) -> None:
+def _join_cgroup(procs_fds: tuple[int, ...]) -> None:
+    """Join our cgroup ourselves, by the cgroup.procs files the zygote opened (we are still
+    host root, before the uid drop): an attach waits for an RCU grace period, up to ~13 ms
+    on these hosts, which must not stall the zygote."""
+    for fd in procs_fds:
+        os.write(fd, b"0")
+        os.close(fd)
+
+
+def main(base: ChildSpec, sync_fd: int, fds: tuple[int, ...], cgroup_fds: tuple[int, ...]) -> None:
     """Entry point of the cloned child; never returns."""
     status = EXIT_SETUP_FAILED
     try:
         spec = _own_spec(base, sync_fd)
         if spec is None:
             os._exit(EXIT_SETUP_FAILED)
+        _join_cgroup(cgroup_fds)
         _arrange_fds(fds)  # closes sync_fd and everything else of the cloner's
         try:
             setup(spec)

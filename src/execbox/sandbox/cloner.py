@@ -10,8 +10,9 @@ pages, and the zygote, which forks nothing after the cloner, writes its own page
 Sandboxes are cloned with CLONE_PARENT, so each is still the zygote's child: the zygote
 reaps it and gets its rusage, and its parent-death signal follows the zygote. The sandbox
 is a copy of the cloner, which holds nothing but the zygote's state at the fork: the same
-interpreter, preloaded modules, root and filter. It learns what is its own (its cgroup, a
-session's workspace) from the zygote on its sync pipe, with its uid map.
+interpreter, preloaded modules, root and filter. What is its own comes with the request:
+its pipes and its cgroup's cgroup.procs files, opened by the zygote; a session's
+workspace follows on its sync pipe, with the go once its uid map is written.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from dataclasses import dataclass
 
 from execbox.sandbox import child, libc
 
-# the fds a sandbox starts with, in this order; see child.main
+# the fds a sandbox starts with, in this order (see child.main), then its cgroup.procs files
 SANDBOX_FDS = 7
+MAX_FDS = SANDBOX_FDS + 16
 _REPLY = struct.Struct("i")  # the new pid, or minus the clone's errno
 
 
@@ -91,19 +93,20 @@ def _serve(sock: socket.socket, spec: child.ChildSpec, flags: int) -> None:
         # to hold, and a sandbox must not inherit them
         os.closerange(3, keep)
         libc.close_range(keep + 1)
+        clone = libc.Clone(flags | libc.CLONE_PARENT)
         while True:
-            _msg, fds, _flags, _addr = socket.recv_fds(sock, 1, SANDBOX_FDS + 1)
+            _msg, fds, _flags, _addr = socket.recv_fds(sock, 1, MAX_FDS)
             if not fds:
                 break  # the zygote has gone
-            if len(fds) != SANDBOX_FDS:
+            if len(fds) < SANDBOX_FDS:
                 pid = -22  # EINVAL: not a request this loop understands
             else:
                 try:
-                    pid = libc.clone(flags | libc.CLONE_PARENT)
+                    pid = clone()
                 except OSError as exc:
                     pid = -(exc.errno or 22)
                 if pid == 0:
-                    child.main(spec, fds[6], tuple(fds[:6]))  # never returns
+                    child.main(spec, fds[6], tuple(fds[:6]), tuple(fds[7:]))  # no return
             for fd in fds:
                 os.close(fd)
             sock.send(_REPLY.pack(pid))

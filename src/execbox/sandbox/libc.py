@@ -110,21 +110,30 @@ def clone(flags: int) -> int:
     namespace (signal.pthread_kill(threading.main_thread().ident, ...) from a thread failed
     with ESRCH), and it showed the code a host tid.
     """
-    tid = _tid_address(threading.get_native_id())
-    if tid is not None:
-        flags |= CLONE_CHILD_SETTID
-    _PyOS_BeforeFork()
-    pid = _pylibc.syscall(
-        SYS_clone, ctypes.c_ulong(flags | 17), None, None, ctypes.c_void_p(tid), None
-    )  # 17: SIGCHLD
-    if pid == 0:
-        _PyOS_AfterFork_Child()
-        return 0
-    err = ctypes.get_errno()
-    _PyOS_AfterFork_Parent()
-    if pid < 0:
-        raise OSError(err, f"clone: {os.strerror(err)}")
-    return pid
+    return Clone(flags)()
+
+
+class Clone:
+    """clone(flags) made again and again by one thread: its arguments are built once, so
+    that a call writes as few pages as it can (see cloner.py for why that matters)."""
+
+    def __init__(self, flags: int) -> None:
+        tid = _tid_address(threading.get_native_id())
+        if tid is not None:
+            flags |= CLONE_CHILD_SETTID
+        self.args = (SYS_clone, ctypes.c_ulong(flags | 17), None, None, ctypes.c_void_p(tid), None)
+
+    def __call__(self) -> int:
+        _PyOS_BeforeFork()
+        pid = _pylibc.syscall(*self.args)  # 17 above: SIGCHLD
+        if pid == 0:
+            _PyOS_AfterFork_Child()
+            return 0
+        err = ctypes.get_errno()
+        _PyOS_AfterFork_Parent()
+        if pid < 0:
+            raise OSError(err, f"clone: {os.strerror(err)}")
+        return pid
 
 
 @functools.cache
@@ -140,6 +149,10 @@ def _tid_address(tid: int) -> int | None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
 
 
 def mount(

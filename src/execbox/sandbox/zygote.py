@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from execbox.sandbox import child, kernfiles, landlock, libc, mounts, protocol
+from execbox.sandbox import child, kernfiles, landlock, libc, loopback, mounts, protocol
 from execbox.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits
 from execbox.sandbox.cloner import Cloner, ClonerGone
 from execbox.sandbox.seccomp import build_filter
@@ -101,6 +101,7 @@ class Zygote:
     sock: socket.socket
     cgroups: CgroupDriver
     cloner: Cloner
+    home_netns: int  # an fd of the zygote's own network namespace
     sel: selectors.DefaultSelector = field(default_factory=selectors.DefaultSelector)
     free_uids: deque[int] = field(default_factory=deque)
     live: dict[str, Sandbox] = field(default_factory=dict)
@@ -135,7 +136,12 @@ class Zygote:
             limits = CgroupLimits(self.cfg.default_memory_bytes, self.cfg.default_pids)
             cg.set_limits(limits)
             cg.keep_open()
-            pid = self._clone((in_r, out_w, err_w, job_r, ready_w, res_w, sync_r))
+            procs = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in cg.procs_files()]
+            try:
+                pid = self._clone((in_r, out_w, err_w, job_r, ready_w, res_w, sync_r, *procs))
+            finally:
+                for fd in procs:
+                    os.close(fd)
         except (OSError, ClonerGone):
             for fd in (*(fd for pair in pipes for fd in pair), ready_r, ready_w):
                 os.close(fd)
@@ -149,8 +155,8 @@ class Zygote:
             pidfd = os.pidfd_open(pid)
             kernfiles.write(f"/proc/{pid}/uid_map", f"{mounts.SANDBOX_UID} {uid} 1\n")
             kernfiles.write(f"/proc/{pid}/gid_map", f"{mounts.SANDBOX_GID} {uid} 1\n")
-            own = {"cgroup_procs": cg.procs_files(), "workspace": session and session["dir"]}
-            os.write(sync_w, b"G" + json.dumps(own).encode())
+            loopback.bring_up(pid, self.home_netns)
+            os.write(sync_w, b"G" + (session["dir"].encode() if session else b""))
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -590,7 +596,8 @@ def main() -> None:
         prestart=cfg.prestart,
     )
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    z = Zygote(cfg, sock, driver, Cloner.start(spec, CLONE_FLAGS))
+    home_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    z = Zygote(cfg, sock, driver, Cloner.start(spec, CLONE_FLAGS), home_netns)
     z.free_uids.extend(range(cfg.uid_base, cfg.uid_base + cfg.uid_count))
     z.serve()
 
