@@ -68,14 +68,23 @@ def test_prestarted_node_behaves_like_a_fresh_node(engine) -> None:
         "const fs = require('fs');\n"
         "console.log(JSON.stringify({cwd: process.cwd(), argv: process.argv.slice(1),"
         " env: process.env.GREETING, keys: Object.keys(process.env).includes('HOME'),"
-        " main: require.main === module, fds: fs.readdirSync('/proc/self/fd').length}));"
+        " main: require.main === module, fds: fs.readdirSync('/proc/self/fd').length,"
+        " cache: Object.keys(require.cache), children: module.children.length}));"
+        # the warm-up's module is in the read-only root, and what it looked up there too
+        "for (const p of ['/.execbox/warm.js', '/.execbox/package.json', '/package.json'])"
+        " try { fs.writeFileSync(p, '{\"type\": \"module\"}'); console.log('wrote', p); }"
+        " catch (e) { console.log(e.code); }"
     )
     for _ in range(3):  # pooled, prestarted sandboxes each time
         out = engine.run(Job(runtime="node", code=code, env={"GREETING": "hi"}))
         assert out.status is Status.SUCCESS, out.stderr
-        res = __import__("json").loads(out.stdout)
+        first, *writes = out.stdout.decode().splitlines()
+        res = __import__("json").loads(first)
         assert res["cwd"] == "/workspace" and res["env"] == "hi" and res["main"] is True
         assert res["argv"] == ["/tmp/.execbox/main.js"] and res["keys"] is True
+        # the module the prelude loaded to warm node's loader left no trace in the job's
+        assert res["cache"] == ["/tmp/.execbox/main.js"] and res["children"] == 0, res
+        assert writes == ["EROFS"] * 3, writes
         time.sleep(0.1)
 
 
