@@ -4,16 +4,20 @@
 // module. fd 3 is the handler's result channel; it is closed unless a handler is called.
 'use strict';
 const fs = require('fs');
+const path = require('path');
+// A CommonJS main module, loaded synchronously as node's own entry point does: runMain()
+// would go through the asynchronous ESM loader and cost milliseconds on both ends.
+const Module = require('module');
 // What almost every job touches first, built while the sandbox waits in its pool: the
-// stdio streams, console's machinery and the CommonJS loader. V8 compiles a function when
-// it is first called: a first console.log and a first module load cost ~2.5 ms of a job
-// that makes them. So they are made here, where nothing of them is seen: console writes
-// to a sink, and the module loaded is an empty one in the read-only root, which is then
-// dropped from the cache (what its load looked up beside it, no job can change).
+// stdio streams, console's machinery, the CommonJS loader and what this prelude calls once
+// the job is there. V8 compiles a function when it is first called: a first console.log
+// and a first module load cost ~2.5 ms of a job that makes them. So they are made here,
+// where nothing of them is seen: console writes to a sink, and the module loaded is an
+// empty one in the read-only root, dropped from the cache after (what its load looked up
+// beside it, no job can change).
 void process.stdout;
 void process.stderr;
 try {
-  const Module = require('module');
   const warm = '/.execbox/warm.js';
   Module._load(warm, null, false);
   delete Module._cache[warm];
@@ -23,32 +27,12 @@ try {
   quiet.log(1 + 1);
   quiet.log('%s %d', 'x', 1, { a: [1] });
   quiet.error(new Error('warm'));
+  JSON.parse(Buffer.concat([Buffer.from('{"a": [1]}')]).toString('utf8'));
+  fs.closeSync(fs.openSync('/dev/null', 'r'));
+  path.resolve('warm.js');
 } catch {
   // only slower: outside a sandbox's root (a test runs this on the host) there is no module
 }
-const chunks = [];
-const buf = Buffer.alloc(65536);
-for (;;) {
-  let n;
-  try {
-    n = fs.readSync(4, buf, 0, buf.length, null);
-  } catch (err) {
-    if (err.code === 'EAGAIN') continue;
-    throw err;
-  }
-  if (n === 0) break;
-  chunks.push(Buffer.from(buf.subarray(0, n)));
-}
-fs.closeSync(4);
-const job = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-if (!job.handler) fs.closeSync(3);
-for (const key of Object.keys(process.env)) delete process.env[key];
-Object.assign(process.env, job.env);
-process.chdir(job.cwd);
-process.argv = [process.execPath, ...job.argv.slice(1)];
-// A CommonJS main module, loaded synchronously as node's own entry point does: runMain()
-// would go through the asynchronous ESM loader and cost milliseconds on both ends.
-const Module = require('module');
 // Once every 'exit' listener has run, leave at once: what a normal exit does after them is
 // V8's own teardown, ~5 ms of cpu that no program can observe. process.emit is looked up
 // at exit time, so this runs after the program's own listeners, with its final code. An
@@ -80,4 +64,24 @@ process.emit = function (event, ...args) {
   }
   return result;
 };
-Module._load(require('path').resolve(process.argv[1]), null, true);
+const chunks = [];
+const buf = Buffer.alloc(65536);
+for (;;) {
+  let n;
+  try {
+    n = fs.readSync(4, buf, 0, buf.length, null);
+  } catch (err) {
+    if (err.code === 'EAGAIN') continue;
+    throw err;
+  }
+  if (n === 0) break;
+  chunks.push(Buffer.from(buf.subarray(0, n)));
+}
+fs.closeSync(4);
+const job = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+if (!job.handler) fs.closeSync(3);
+for (const key of Object.keys(process.env)) delete process.env[key];
+Object.assign(process.env, job.env);
+process.chdir(job.cwd);
+process.argv = [process.execPath, ...job.argv.slice(1)];
+Module._load(path.resolve(process.argv[1]), null, true);
