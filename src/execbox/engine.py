@@ -64,6 +64,7 @@ def _handler_result(job: Job, result: tuple[bytes, bool]) -> tuple[Any, dict[str
 
 AUTOSCALE_TICK_S = 0.25
 IDLE_AFTER_S = 2.0
+REFILL_CAP_S = 0.05
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -72,15 +73,21 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 
 
 def pool_target(z: Supervisor, now: float, floor: int, ceiling: int) -> int:
-    """How many ready sandboxes a zygote should keep: enough for the sandboxes in flight and
-    for the takes expected while one refill runs (twice over), between floor and ceiling.
-    Grows at once; shrinks one step a tick, and to the floor once idle."""
+    """How many ready sandboxes a zygote should keep: enough for the takes expected while
+    one refill runs (twice over), between floor and ceiling. Grows at once; shrinks one
+    step a tick, and to the floor once idle.
+
+    Not one per sandbox in flight (it was): in a burst of a thousand long executions that
+    made the zygote clone hundreds of sandboxes nobody took, a fifth more cpu on cores that
+    were already the limit. And a refill counts as REFILL_CAP_S at most: one slower than
+    that ran on a saturated machine, where sandboxes made further ahead would only share
+    the same cores with the ones in use."""
     recent = [t for t in z.take_times if now - t < 1.0]
     if not z.take_times or now - z.take_times[-1] > IDLE_AFTER_S:
         return floor
     refills = sorted(z.refill_ms[-32:]) or [10.0]
-    refill_s = refills[len(refills) // 2] / 1000
-    want = max(len(z._leases), math.ceil(len(recent) * refill_s * 2) + 1)
+    refill_s = min(refills[len(refills) // 2] / 1000, REFILL_CAP_S)
+    want = math.ceil(len(recent) * refill_s * 2) + 1
     want = min(max(want, floor), ceiling)
     if want >= z.pool_target:
         return want

@@ -188,3 +188,30 @@ def test_jobs_run_at_normal_priority(engine) -> None:
         time.sleep(0.3)  # the pool refills: the next one is a pooled sandbox
         out = engine.run(Job(runtime=runtime, code=code))
         assert out.pool_hit and out.stdout.strip() == str(SCHED_OTHER).encode(), (runtime, out)
+
+
+def test_pool_target_follows_the_take_rate_not_the_sandboxes_in_flight() -> None:
+    from types import SimpleNamespace
+
+    from execbox.engine import pool_target
+
+    now = 100.0
+    # steady closed-loop load: 200 takes a second, a refill in 16 ms -> a few ahead
+    steady = SimpleNamespace(
+        take_times=[now - i / 200 for i in range(200)][::-1],
+        refill_ms=[16.0] * 32,
+        _leases={str(i): None for i in range(8)},
+        pool_target=1,
+    )
+    assert pool_target(steady, now, 1, 1000) == 8
+    # a burst of a thousand long executions on a saturated machine (refills of 800 ms):
+    # not one ready sandbox per execution in flight, which nobody would take
+    burst = SimpleNamespace(
+        take_times=[now - 0.5] * 1000,
+        refill_ms=[800.0] * 32,
+        _leases={str(i): None for i in range(1000)},
+        pool_target=1,
+    )
+    assert pool_target(burst, now, 1, 1000) == 101
+    # idle: back to the floor
+    assert pool_target(steady, now + 10, 1, 1000) == 1
