@@ -64,7 +64,6 @@ def _handler_result(job: Job, result: tuple[bytes, bool]) -> tuple[Any, dict[str
 
 AUTOSCALE_TICK_S = 0.25
 IDLE_AFTER_S = 2.0
-REFILL_CAP_S = 0.05
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -79,14 +78,15 @@ def pool_target(z: Supervisor, now: float, floor: int, ceiling: int) -> int:
 
     Not one per sandbox in flight (it was): in a burst of a thousand long executions that
     made the zygote clone hundreds of sandboxes nobody took, a fifth more cpu on cores that
-    were already the limit. And a refill counts as REFILL_CAP_S at most: one slower than
-    that ran on a saturated machine, where sandboxes made further ahead would only share
-    the same cores with the ones in use."""
+    were already the limit. And a refill counts as twice the fastest recent one at most: a
+    slower one ran on a saturated machine, where sandboxes made further ahead would only
+    share the same cores with the ones in use."""
     recent = [t for t in z.take_times if now - t < 1.0]
     if not z.take_times or now - z.take_times[-1] > IDLE_AFTER_S:
         return floor
     refills = sorted(z.refill_ms[-32:]) or [10.0]
-    refill_s = min(refills[len(refills) // 2] / 1000, REFILL_CAP_S)
+    fastest = min(z.refill_ms) if z.refill_ms else 10.0
+    refill_s = min(refills[len(refills) // 2], 2 * fastest) / 1000
     want = math.ceil(len(recent) * refill_s * 2) + 1
     want = min(max(want, floor), ceiling)
     if want >= z.pool_target:

@@ -208,10 +208,44 @@ def test_pool_target_follows_the_take_rate_not_the_sandboxes_in_flight() -> None
     # not one ready sandbox per execution in flight, which nobody would take
     burst = SimpleNamespace(
         take_times=[now - 0.5] * 1000,
-        refill_ms=[800.0] * 32,
+        refill_ms=[12.0, 25.0] + [800.0] * 32,
         _leases={str(i): None for i in range(1000)},
         pool_target=1,
     )
-    assert pool_target(burst, now, 1, 1000) == 101
+    assert pool_target(burst, now, 1, 1000) == 49  # refills counted as 24 ms, not 800
+    # a runtime whose refill is slow even on an idle machine (node: ~60 ms) keeps more
+    slow = SimpleNamespace(**{**steady.__dict__, "refill_ms": [60.0] * 32})
+    assert pool_target(slow, now, 1, 1000) == 25
     # idle: back to the floor
     assert pool_target(steady, now + 10, 1, 1000) == 1
+
+
+def _syscall(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/syscall") as f:
+        return f.read().split()
+
+
+def test_a_node_sandbox_is_ready_only_once_node_waits_for_the_job(engine) -> None:
+    """Node takes ~70 ms of cpu to start and warm up. A sandbox whose init waits for its job
+    (a read of fd 3) must have its node waiting too (a read of fd 4): else a job handed to
+    it, counted as a pool hit, would wait for node's start."""
+    sup = engine.engine.zygotes["node"]
+    zygote = sup.proc.pid
+    engine.run(Job(runtime="node", code="console.log(1)"))  # the pool refills from here
+    checked = 0
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        with open(f"/proc/{zygote}/task/{zygote}/children") as f:
+            kids = [int(p) for p in f.read().split()]
+        for init in kids:
+            try:
+                if _syscall(init)[:2] != ["0", "0x3"]:
+                    continue  # not (yet) waiting for a job: starting, or the cloner
+                with open(f"/proc/{init}/task/{init}/children") as f:
+                    node = int(f.read().split()[0])
+                assert _syscall(node)[:2] == ["0", "0x4"], _syscall(node)
+                checked += 1
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue  # gone meanwhile
+        time.sleep(0.005)
+    assert checked, "no ready node sandbox was seen"

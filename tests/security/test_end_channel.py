@@ -175,6 +175,8 @@ def _prelude(tmp_path, script: str) -> tuple[int, bytes]:  # type: ignore[no-unt
     )
     for fd in (res_w, job_r, end_w):
         os.close(fd)
+    # as the sandbox's init does: the job is sent once node says it is ready for it
+    assert os.read(end_r, 16) == b"ready\n"
     msg = {"env": {}, "argv": ["node", str(main)], "cwd": str(tmp_path), "handler": False}
     os.write(job_w, json.dumps(msg).encode())
     os.close(job_w)
