@@ -307,7 +307,8 @@ def server_zygote(server_pid: int, runtime: str = "python") -> int | None:
 
 def idle_sandboxes(zygote_pid: int | None) -> dict[int, int]:
     """USS in KiB of each idle pooled sandbox of a zygote (with any descendants): its
-    children that wait in a pipe read for their job."""
+    children that are set up (their seccomp filter is loaded, the last step) and wait in a
+    pipe read for their job."""
     out: dict[int, int] = {}
     if zygote_pid is None:
         return out
@@ -315,7 +316,10 @@ def idle_sandboxes(zygote_pid: int | None) -> dict[int, int]:
         with contextlib.suppress(OSError):
             with open(f"/proc/{pid}/wchan") as f:
                 if "pipe_read" not in f.read():
-                    continue  # starting, or running a job
+                    continue  # starting, or running a job (or the zygote's cloner)
+            with open(f"/proc/{pid}/status") as f:
+                if "\nSeccomp:\t2\n" not in f.read():
+                    continue  # a fresh clone waiting for its go, not yet set up
             tree, total = [pid], 0
             while tree:
                 p = tree.pop()
