@@ -78,15 +78,14 @@ def pool_target(z: Supervisor, now: float, floor: int, ceiling: int) -> int:
 
     Not one per sandbox in flight (it was): in a burst of a thousand long executions that
     made the zygote clone hundreds of sandboxes nobody took, a fifth more cpu on cores that
-    were already the limit. And a refill counts as twice the fastest recent one at most: a
+    were already the limit. And a refill counts as twice the zygote's fastest at most: a
     slower one ran on a saturated machine, where sandboxes made further ahead would only
     share the same cores with the ones in use."""
     recent = [t for t in z.take_times if now - t < 1.0]
     if not z.take_times or now - z.take_times[-1] > IDLE_AFTER_S:
         return floor
     refills = sorted(z.refill_ms[-32:]) or [10.0]
-    fastest = min(z.refill_ms) if z.refill_ms else 10.0
-    refill_s = min(refills[len(refills) // 2], 2 * fastest) / 1000
+    refill_s = min(refills[len(refills) // 2], 2 * z.fastest_refill_ms) / 1000
     want = math.ceil(len(recent) * refill_s * 2) + 1
     want = min(max(want, floor), ceiling)
     if want >= z.pool_target:

@@ -67,3 +67,38 @@ def test_a_killed_cloner_is_replaced_and_nothing_in_flight_is_lost(engine) -> No
     # forked while sandboxes were live: a copy of their pipes held here would keep a
     # sandbox waiting for the end of its job forever
     _assert_holds_only_its_socket(new)
+
+
+def test_takes_waiting_on_a_cloner_that_dies_get_new_sandboxes(engine) -> None:
+    """The zygote does not wait for the cloner: takes that found no ready sandbox wait for
+    clones asked of it. Kill the cloner with such clones unanswered: each take is taken
+    again through a new cloner, and every execution runs."""
+    sup = engine.engine.zygotes["python"]
+    zygote = sup.proc.pid
+    engine.py("print(1)")
+    time.sleep(0.3)
+    cloner = _cloner(zygote)
+    os.kill(cloner, signal.SIGSTOP)  # requests pile up unanswered
+    jobs = [Job(runtime="python", code=f"print({i})") for i in range(8)]
+    futures = [asyncio.run_coroutine_threadsafe(engine.engine.run(j), engine.loop) for j in jobs]
+    time.sleep(0.3)
+    os.kill(cloner, signal.SIGKILL)
+    outs = [f.result(timeout=30) for f in futures]
+    assert [o.status for o in outs] == [Status.SUCCESS] * 8, [(o.status, o.error) for o in outs]
+    assert [o.stdout for o in outs] == [f"{i}\n".encode() for i in range(8)]
+    assert sup.restarts == 0
+    _assert_holds_only_its_socket(_cloner(zygote))
+    # a clone whose reply was lost ends when its go pipe closes, and is reaped
+    deadline = time.monotonic() + 5
+    while zombies := [p for p in _children(zygote) if _state(p) == "Z"]:
+        assert time.monotonic() < deadline, zombies
+        engine.py("print(1)")  # the zygote reaps strays as it goes
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"

@@ -200,6 +200,7 @@ def test_pool_target_follows_the_take_rate_not_the_sandboxes_in_flight() -> None
     steady = SimpleNamespace(
         take_times=[now - i / 200 for i in range(200)][::-1],
         refill_ms=[16.0] * 32,
+        fastest_refill_ms=12.0,
         _leases={str(i): None for i in range(8)},
         pool_target=1,
     )
@@ -208,13 +209,16 @@ def test_pool_target_follows_the_take_rate_not_the_sandboxes_in_flight() -> None
     # not one ready sandbox per execution in flight, which nobody would take
     burst = SimpleNamespace(
         take_times=[now - 0.5] * 1000,
-        refill_ms=[12.0, 25.0] + [800.0] * 32,
+        refill_ms=[800.0] * 256,  # every recent one slow: the fastest is older
+        fastest_refill_ms=12.0,
         _leases={str(i): None for i in range(1000)},
         pool_target=1,
     )
     assert pool_target(burst, now, 1, 1000) == 49  # refills counted as 24 ms, not 800
     # a runtime whose refill is slow even on an idle machine (node: ~60 ms) keeps more
-    slow = SimpleNamespace(**{**steady.__dict__, "refill_ms": [60.0] * 32})
+    slow = SimpleNamespace(
+        **{**steady.__dict__, "refill_ms": [60.0] * 32, "fastest_refill_ms": 55.0}
+    )
     assert pool_target(slow, now, 1, 1000) == 25
     # idle: back to the floor
     assert pool_target(steady, now + 10, 1, 1000) == 1

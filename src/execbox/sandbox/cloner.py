@@ -61,20 +61,41 @@ class Cloner:
         self.stop()
         return Cloner.start(self.spec, self.flags)
 
-    def clone(self, fds: tuple[int, ...]) -> int:
-        """Clone a sandbox that starts with these fds; its pid. Raises OSError if the
-        kernel refused the clone, ClonerGone if the cloner is dead."""
+    def request(self, fds: tuple[int, ...]) -> None:
+        """Ask for a sandbox that starts with these fds (ours may be closed at once). The
+        reply, its pid, comes later, in order (`replies`): the zygote goes on meanwhile.
+        Raises ClonerGone if the cloner is dead."""
         try:
             socket.send_fds(self.sock, [b"C"], list(fds))
-            reply = self.sock.recv(_REPLY.size)
         except OSError as exc:
             raise ClonerGone(f"the cloner is unreachable: {exc}") from exc
-        if len(reply) != _REPLY.size:
-            raise ClonerGone("the cloner died")
-        (pid,) = _REPLY.unpack(reply)
-        if pid < 0:
-            raise OSError(-pid, f"clone: {os.strerror(-pid)}")
-        return pid
+
+    def replies(self) -> list[int]:
+        """The replies that have come, oldest first: a pid, or minus the errno the kernel
+        refused the clone with. Raises ClonerGone when the cloner has died (the requests
+        not answered yet have no reply, and may or may not have been cloned)."""
+        out = []
+        while True:
+            try:
+                reply = self.sock.recv(_REPLY.size, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return out
+            except OSError as exc:
+                raise ClonerGone(f"the cloner is unreachable: {exc}") from exc
+            if len(reply) != _REPLY.size:
+                raise ClonerGone("the cloner died")
+            out.append(_REPLY.unpack(reply)[0])
+
+    def wait_reply(self, timeout: float) -> int | None:
+        """The next reply, waiting for it up to `timeout` (at shutdown); None if none."""
+        self.sock.settimeout(timeout)
+        try:
+            reply = self.sock.recv(_REPLY.size)
+        except OSError:
+            return None
+        finally:
+            self.sock.settimeout(None)
+        return _REPLY.unpack(reply)[0] if len(reply) == _REPLY.size else None
 
     def stop(self) -> None:
         self.sock.close()  # it exits when it reads the end

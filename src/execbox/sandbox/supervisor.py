@@ -106,6 +106,7 @@ class Supervisor:
     pool_size: int = 0  # ready or starting sandboxes, as the zygote last reported
     pool_target: int = 0
     refill_ms: list[float] = field(default_factory=list)  # recent clone-to-ready times
+    fastest_refill_ms: float = float("inf")  # of this zygote's life: its unloaded refill
     take_times: list[float] = field(default_factory=list)  # recent takes, for autoscaling
 
     @property
@@ -272,6 +273,7 @@ class Supervisor:
             self.pool_size = msg["pool"]
             self.refill_ms.append(msg["setup_ms"])
             del self.refill_ms[:-256]
+            self.fastest_refill_ms = min(self.fastest_refill_ms, msg["setup_ms"])
         elif op == "log":
             log.log(logging.ERROR if msg.get("level") == "error" else logging.INFO, msg.get("msg"))
         for fd in fds if op not in ("sandbox", "error") else ():

@@ -93,6 +93,9 @@ class Sandbox:
     fds_hit: bool = False
     nofile: int | None = None
     session: dict[str, Any] | None = None
+    sync_w: int = -1  # while it is being cloned: its go, once its pid is known
+    handover: dict[str, Any] | None = None  # a take's reply, waiting for its pid
+    kill_pending: bool = False  # killed while being cloned
 
 
 @dataclass
@@ -107,14 +110,19 @@ class Zygote:
     live: dict[str, Sandbox] = field(default_factory=dict)
     pool: deque[str] = field(default_factory=deque)  # not yet taken, oldest first
     running: dict[str, Sandbox] = field(default_factory=dict)  # taken and not yet reaped
+    cloning: deque[Sandbox] = field(default_factory=deque)  # asked of the cloner, in order
     sample_order: deque[str] = field(default_factory=deque)  # of running, next first
     seq: int = 0
+    strays: bool = False  # children of a dead cloner's lost replies may wait to be reaped
     engine_gone: bool = False
 
     # ---- creating sandboxes -------------------------------------------------------------
 
     def spawn(self, session: dict[str, Any] | None = None) -> Sandbox:
-        """Clone a sandbox: a pooled one, or one for a session (its uid and workspace)."""
+        """Have a sandbox cloned: a pooled one, or one for a session (its uid and
+        workspace). It is live at once; its pid comes with the cloner's reply (finish),
+        while this loop goes on: the cloner's ~1.2 ms per clone and this loop's own work
+        for the next sandbox overlap, on the two cores."""
         if session is not None:
             uid = int(session["uid"])
         elif not self.free_uids:
@@ -138,7 +146,7 @@ class Zygote:
             cg.keep_open()
             procs = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in cg.procs_files()]
             try:
-                pid = self._clone((in_r, out_w, err_w, job_r, ready_w, res_w, sync_r, *procs))
+                self._request((in_r, out_w, err_w, job_r, ready_w, res_w, sync_r, *procs))
             finally:
                 for fd in procs:
                     os.close(fd)
@@ -150,44 +158,113 @@ class Zygote:
             self._release_uid(uid, session)
             raise
         for fd in (job_r, res_w, in_r, out_w, err_w, sync_r, ready_w):
-            os.close(fd)
-        try:
-            pidfd = os.pidfd_open(pid)
-            kernfiles.write(f"/proc/{pid}/uid_map", f"{mounts.SANDBOX_UID} {uid} 1\n")
-            kernfiles.write(f"/proc/{pid}/gid_map", f"{mounts.SANDBOX_GID} {uid} 1\n")
-            loopback.bring_up(pid, self.home_netns)
-            os.write(sync_w, b"G" + (session["dir"].encode() if session else b""))
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            cg.destroy()
-            for fd in (job_w, in_w, out_r, err_r, res_r, ready_r):
-                os.close(fd)
-            self._release_uid(uid, session)
-            raise
-        finally:
-            os.close(sync_w)
-        box = Sandbox(
-            sid, pid, pidfd, uid, cg, ready_r, [job_w, in_w, out_r, err_r, res_r], created
-        )
-        box.spawn_ms = (time.monotonic() - created) * 1000
+            os.close(fd)  # the request carries them
+        box = Sandbox(sid, 0, -1, uid, cg, ready_r, [job_w, in_w, out_r, err_r, res_r], created)
+        box.sync_w = sync_w
         box.limits = limits
         box.session = session
         self.live[sid] = box
         if session is None:
             self.pool.append(sid)
-        self.sel.register(pidfd, selectors.EVENT_READ, ("exit", sid))
-        self.sel.register(ready_r, selectors.EVENT_READ, ("ready", sid))
+        self.cloning.append(box)
         return box
 
-    def _clone(self, fds: tuple[int, ...]) -> int:
+    def _request(self, fds: tuple[int, ...]) -> None:
         try:
-            return self.cloner.clone(fds)
+            self.cloner.request(fds)
         except ClonerGone as exc:
-            self.report({"op": "log", "level": "error", "msg": f"{exc}; starting a new one"})
-            self.cloner = self.cloner.restarted()
-            return self.cloner.clone(fds)  # a second death in a row fails this spawn
+            self._replace_cloner(str(exc))
+            self.cloner.request(fds)  # a second death in a row fails this spawn
+
+    def on_cloned(self) -> None:
+        """The cloner's replies: each finishes the oldest sandbox asked for."""
+        try:
+            pids = self.cloner.replies()
+        except ClonerGone as exc:
+            self._replace_cloner(str(exc))
+            return
+        for pid in pids:
+            self.finish(self.cloning.popleft(), pid)
+
+    def finish(self, box: Sandbox, pid: int) -> None:
+        """Its pid is known: map its uid, bring up its loopback, give it the go."""
+        try:
+            if pid < 0:
+                raise OSError(-pid, f"clone: {os.strerror(-pid)}")
+            box.pid = pid
+            box.pidfd = os.pidfd_open(pid)
+            kernfiles.write(f"/proc/{pid}/uid_map", f"{mounts.SANDBOX_UID} {box.uid} 1\n")
+            kernfiles.write(f"/proc/{pid}/gid_map", f"{mounts.SANDBOX_GID} {box.uid} 1\n")
+            loopback.bring_up(pid, self.home_netns)
+            os.write(box.sync_w, b"G" + (box.session["dir"].encode() if box.session else b""))
+        except OSError as exc:
+            self._abandon(box, f"cannot start a sandbox: {exc}")
+            return
+        finally:
+            os.close(box.sync_w)
+            box.sync_w = -1
+        box.spawn_ms = (time.monotonic() - box.created) * 1000
+        self.sel.register(box.pidfd, selectors.EVENT_READ, ("exit", box.sid))
+        self.sel.register(box.ready_fd, selectors.EVENT_READ, ("ready", box.sid))
+        if box.kill_pending:
+            self.kill(box)
+        elif box.handover is not None:
+            self._hand_over(box)
+
+    def _abandon(self, box: Sandbox, why: str, retake: bool = False) -> None:
+        """A sandbox that could not be started: whatever was made of it goes, and a take
+        waiting for it gets the reason, or (`retake`) is taken again, afresh."""
+        if box.pid > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(box.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(box.pid, 0)
+        if box.pidfd >= 0:
+            os.close(box.pidfd)
+        for fd in (*box.engine_fds, box.ready_fd):
+            os.close(fd)
+        box.engine_fds, box.ready_fd = [], -1
+        box.cgroup.destroy()
+        self._release_uid(box.uid, box.session)
+        self.live.pop(box.sid, None)
+        self.running.pop(box.sid, None)
+        if box.sid in self.pool:
+            self.pool.remove(box.sid)
+        if box.handover is not None and retake:
+            self.take(box.handover["msg"])
+        elif box.handover is not None:
+            self.report({"op": "error", "req": box.handover["req"], "error": why})
+        else:
+            self.report({"op": "log", "level": "error", "msg": why})
+
+    def _replace_cloner(self, why: str) -> None:
+        """The cloner died. What it had not answered may or may not have been cloned: those
+        sandboxes are abandoned (a clone that was made ends when its go pipe closes, and is
+        reaped as a stray), and a new cloner takes over."""
+        self.report({"op": "log", "level": "error", "msg": f"{why}; starting a new one"})
+        self.sel.unregister(self.cloner.sock)
+        self.cloner = self.cloner.restarted()
+        self.sel.register(self.cloner.sock, selectors.EVENT_READ, ("cloner", ""))
+        lost = list(self.cloning)
+        self.cloning.clear()
+        self.strays = True
+        for box in lost:
+            os.close(box.sync_w)
+            box.sync_w = -1
+            self._abandon(box, "the cloner died while starting this sandbox", retake=True)
+
+    def _reap_strays(self) -> None:
+        """Reap children that are no sandbox of ours (clones whose reply was lost)."""
+        known = {box.pid for box in self.live.values()} | {self.cloner.pid}
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            kids = [int(p) for p in f.read().split()]
+        pending = False
+        for pid in kids:
+            if pid not in known:
+                with contextlib.suppress(ChildProcessError):
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                    pending = pending or done == 0
+        self.strays = pending
 
     # ---- serving the engine ------------------------------------------------------------
 
@@ -245,14 +322,22 @@ class Zygote:
             self.report({"op": "error", "req": msg["req"], "error": why})
             self.kill(box)
             return
+        box.handover = {"msg": msg, "req": msg["req"], "t0": t0, "hit": hit}
+        if box.pidfd >= 0:
+            self._hand_over(box)
+        # else: once the cloner has answered (finish)
+
+    def _hand_over(self, box: Sandbox) -> None:
+        """Give the engine the sandbox a take got: its pipes and pidfd."""
+        assert box.handover is not None
         self.report(
             {
                 "op": "sandbox",
-                "req": msg["req"],
-                "sid": sid,
+                "req": box.handover["req"],
+                "sid": box.sid,
                 "pid": box.pid,
-                "pool_hit": hit,
-                "take_ms": (time.monotonic() - t0) * 1000,
+                "pool_hit": box.handover["hit"],
+                "take_ms": (time.monotonic() - box.handover["t0"]) * 1000,
                 "spawn_ms": box.spawn_ms,
                 "pool": len(self.pool),
                 "setup_ms": (box.ready_at - box.created) * 1000 if box.ready else None,
@@ -264,6 +349,9 @@ class Zygote:
         box.engine_fds = []
 
     def kill(self, box: Sandbox) -> None:
+        if box.pidfd < 0:
+            box.kill_pending = True  # still being cloned: killed once it exists
+            return
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(box.pidfd, signal.SIGKILL)
 
@@ -397,6 +485,7 @@ class Zygote:
     def serve(self) -> None:
         self.sock.setblocking(True)
         self.sel.register(self.sock, selectors.EVENT_READ, ("engine", ""))
+        self.sel.register(self.cloner.sock, selectors.EVENT_READ, ("cloner", ""))
         self.report({"op": "hello", "pid": os.getpid(), "runtime": self.cfg.runtime})
         next_poll = 0.0
         while True:
@@ -410,6 +499,8 @@ class Zygote:
             if self.running and time.monotonic() >= next_poll:
                 self.poll()
                 next_poll = time.monotonic() + POLL_S
+            if self.strays:
+                self._reap_strays()
             if not events:
                 if self.wants_refill():
                     self.refill_one()
@@ -424,6 +515,8 @@ class Zygote:
                         self.shutdown()
                         return
                     self.handle(msg)
+                elif kind == "cloner":
+                    self.on_cloned()
                 elif sid not in self.live:
                     continue  # reaped earlier in this batch: its channel was read then
                 elif kind == "ready":
@@ -502,16 +595,26 @@ class Zygote:
         self.report({"op": "resized", "pool": len(self.pool)})
 
     def shutdown(self) -> None:
+        while self.cloning:  # their pids, so they can be reaped; each ends with its go pipe
+            box = self.cloning.popleft()
+            pid = self.cloner.wait_reply(1.0)
+            os.close(box.sync_w)
+            box.sync_w = -1
+            if pid is not None and pid > 0:
+                box.pid = pid
         for box in list(self.live.values()):
-            self.kill(box)
+            if box.pid > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(box.pid, signal.SIGKILL)
         for sid in list(self.live):
             self.on_exit_quiet(sid)
         self.cloner.stop()
 
     def on_exit_quiet(self, sid: str) -> None:
         box = self.live.pop(sid)
-        with contextlib.suppress(ChildProcessError):
-            os.wait4(box.pid, 0)
+        if box.pid > 0:
+            with contextlib.suppress(ChildProcessError):
+                os.wait4(box.pid, 0)
         box.cgroup.destroy()
 
 
