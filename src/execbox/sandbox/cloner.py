@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import struct
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from execbox.sandbox import child, libc
 
@@ -38,56 +40,76 @@ class ClonerGone(Exception):
 
 @dataclass
 class Cloner:
-    """The zygote's handle on its cloner."""
+    """The zygote's handle on its cloner: requests go out without waiting; replies come in
+    order, on the socket (`replies`). Its death shows on `pidfd`."""
 
     spec: child.ChildSpec
     flags: int
     pid: int
+    pidfd: int
     sock: socket.socket
+    early: deque[int] = field(default_factory=deque)  # replies read while a send waited
 
     @classmethod
     def start(cls, spec: child.ChildSpec, flags: int) -> Cloner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:
             ours.close()
             _serve(theirs, spec, flags)  # never returns
         theirs.close()
-        return cls(spec, flags, pid, ours)
-
-    def restarted(self) -> Cloner:
-        """A new cloner in place of this one, which died (killed from outside: nothing in
-        its loop raises). The zygote and its sandboxes go on as they were."""
-        self.stop()
-        return Cloner.start(self.spec, self.flags)
+        return cls(spec, flags, pid, os.pidfd_open(pid), ours)
 
     def request(self, fds: tuple[int, ...]) -> None:
         """Ask for a sandbox that starts with these fds (ours may be closed at once). The
-        reply, its pid, comes later, in order (`replies`): the zygote goes on meanwhile.
-        Raises ClonerGone if the cloner is dead."""
-        try:
-            socket.send_fds(self.sock, [b"C"], list(fds))
-        except OSError as exc:
-            raise ClonerGone(f"the cloner is unreachable: {exc}") from exc
+        reply, its pid, comes later, in order. Raises ClonerGone if the cloner is dead.
 
-    def replies(self) -> list[int]:
-        """The replies that have come, oldest first: a pid, or minus the errno the kernel
-        refused the clone with. Raises ClonerGone when the cloner has died (the requests
-        not answered yet have no reply, and may or may not have been cloned)."""
+        The send never blocks for good: while the cloner's side is full (it is itself
+        waiting to send replies this loop has not read), the replies are read here."""
+        while True:
+            try:
+                socket.send_fds(self.sock, [b"C"], list(fds), socket.MSG_DONTWAIT)
+                return
+            except BlockingIOError:
+                pids, gone = self._read()
+                self.early.extend(pids)
+                if gone:
+                    raise ClonerGone("the cloner died") from None
+                select.select([self.sock], [self.sock], [], 0.1)
+            except OSError as exc:
+                raise ClonerGone(f"the cloner is unreachable: {exc}") from exc
+
+    def replies(self) -> tuple[list[int], bool]:
+        """The replies that have come, oldest first (a pid, or minus the errno the kernel
+        refused the clone with), and whether the cloner has died: then the requests not
+        answered have no reply, and may or may not have been cloned."""
+        pids, gone = self._read()
+        early = list(self.early)
+        self.early.clear()
+        return early + pids, gone
+
+    def _read(self) -> tuple[list[int], bool]:
         out = []
         while True:
             try:
                 reply = self.sock.recv(_REPLY.size, socket.MSG_DONTWAIT)
             except BlockingIOError:
-                return out
-            except OSError as exc:
-                raise ClonerGone(f"the cloner is unreachable: {exc}") from exc
+                return out, False
+            except OSError:
+                return out, True
             if len(reply) != _REPLY.size:
-                raise ClonerGone("the cloner died")
+                return out, True
             out.append(_REPLY.unpack(reply)[0])
 
     def wait_reply(self, timeout: float) -> int | None:
         """The next reply, waiting for it up to `timeout` (at shutdown); None if none."""
+        if self.early:
+            return self.early.popleft()
         self.sock.settimeout(timeout)
         try:
             reply = self.sock.recv(_REPLY.size)
@@ -98,9 +120,14 @@ class Cloner:
         return _REPLY.unpack(reply)[0] if len(reply) == _REPLY.size else None
 
     def stop(self) -> None:
-        self.sock.close()  # it exits when it reads the end
+        """End it (it exits when it reads the end of its socket; a stopped or stuck one is
+        killed) and reap it."""
+        self.sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
+        os.close(self.pidfd)
 
 
 def _serve(sock: socket.socket, spec: child.ChildSpec, flags: int) -> None:
@@ -127,6 +154,9 @@ def _serve(sock: socket.socket, spec: child.ChildSpec, flags: int) -> None:
                 except OSError as exc:
                     pid = -(exc.errno or 22)
                 if pid == 0:
+                    # the clone must not hold the zygote's line to the cloner: a clone
+                    # kept it open, the cloner's death would not show as its end
+                    os.close(keep)
                     child.main(spec, fds[6], tuple(fds[:6]), tuple(fds[7:]))  # no return
             for fd in fds:
                 os.close(fd)

@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -103,7 +104,8 @@ class Zygote:
     cfg: ZygoteConfig
     sock: socket.socket
     cgroups: CgroupDriver
-    cloner: Cloner
+    cloner: Cloner | None  # None while one cannot be forked
+    spec: child.ChildSpec  # what the cloner's sandboxes start from
     home_netns: int  # an fd of the zygote's own network namespace
     sel: selectors.DefaultSelector = field(default_factory=selectors.DefaultSelector)
     free_uids: deque[int] = field(default_factory=deque)
@@ -144,8 +146,10 @@ class Zygote:
             limits = CgroupLimits(self.cfg.default_memory_bytes, self.cfg.default_pids)
             cg.set_limits(limits)
             cg.keep_open()
-            procs = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in cg.procs_files()]
+            procs: list[int] = []
             try:
+                for path in cg.procs_files():
+                    procs.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
                 self._request((in_r, out_w, err_w, job_r, ready_w, res_w, sync_r, *procs))
             finally:
                 for fd in procs:
@@ -170,21 +174,65 @@ class Zygote:
         return box
 
     def _request(self, fds: tuple[int, ...]) -> None:
+        if self.cloner is None:
+            self._start_cloner()  # it could not be started before: a new try
+        if self.cloner is None:
+            raise ClonerGone("no cloner: the zygote cannot fork one (see the log)")
         try:
             self.cloner.request(fds)
         except ClonerGone as exc:
-            self._replace_cloner(str(exc))
+            self.on_cloned()  # what it answered before it died, then a new one
+            if self.cloner is None:
+                raise ClonerGone(f"{exc}; no new one could be started") from exc
             self.cloner.request(fds)  # a second death in a row fails this spawn
 
-    def on_cloned(self) -> None:
-        """The cloner's replies: each finishes the oldest sandbox asked for."""
+    def _start_cloner(self) -> None:
         try:
-            pids = self.cloner.replies()
-        except ClonerGone as exc:
-            self._replace_cloner(str(exc))
+            self.cloner = Cloner.start(self.spec, CLONE_FLAGS)
+        except OSError as exc:
+            self.report({"op": "log", "level": "error", "msg": f"cannot fork a cloner: {exc}"})
             return
+        self.sel.register(self.cloner.sock, selectors.EVENT_READ, ("cloner", ""))
+        self.sel.register(self.cloner.pidfd, selectors.EVENT_READ, ("cloner", ""))
+
+    def on_cloned(self) -> None:
+        """The cloner's replies: each finishes the oldest sandbox asked for. If it died,
+        what it did not answer may or may not have been cloned: those sandboxes are given
+        up (a clone that was made ends when its go pipe closes, and is reaped as a stray),
+        their takes are taken again, once, and a new cloner takes over."""
+        assert self.cloner is not None
+        # dead first, then its replies: all it sent before it died are there to read
+        dead = select.select([self.cloner.pidfd], [], [], 0)[0] != []
+        pids, gone = self.cloner.replies()
+        gone = gone or dead
         for pid in pids:
             self.finish(self.cloning.popleft(), pid)
+        if not gone:
+            return
+        self.report({"op": "log", "level": "error", "msg": "the cloner died; starting a new one"})
+        self.sel.unregister(self.cloner.sock)
+        self.sel.unregister(self.cloner.pidfd)
+        self.cloner.stop()
+        self.cloner = None
+        lost = list(self.cloning)
+        self.cloning.clear()
+        self.strays = True
+        retakes = []
+        for box in lost:  # all out of the pool first: a retake must not pick one of them
+            os.close(box.sync_w)
+            box.sync_w = -1
+            handover, box.handover = box.handover, None
+            self._abandon(box, "the cloner died while starting this sandbox")
+            if handover is not None:
+                retakes.append(handover)
+        self._start_cloner()
+        for handover in retakes:
+            msg = handover["msg"]
+            if self.cloner is None or msg.get("retaken"):
+                why = "the cloner died while starting this sandbox"
+                self.report({"op": "error", "req": msg["req"], "error": why})
+            else:
+                self.take({**msg, "retaken": True})
 
     def finish(self, box: Sandbox, pid: int) -> None:
         """Its pid is known: map its uid, bring up its loopback, give it the go."""
@@ -206,21 +254,21 @@ class Zygote:
         box.spawn_ms = (time.monotonic() - box.created) * 1000
         self.sel.register(box.pidfd, selectors.EVENT_READ, ("exit", box.sid))
         self.sel.register(box.ready_fd, selectors.EVENT_READ, ("ready", box.sid))
-        if box.kill_pending:
-            self.kill(box)
-        elif box.handover is not None:
+        if box.handover is not None:
             self._hand_over(box)
+        if box.kill_pending:
+            self.kill(box)  # after a hand-over: the engine sees it end
 
-    def _abandon(self, box: Sandbox, why: str, retake: bool = False) -> None:
+    def _abandon(self, box: Sandbox, why: str) -> None:
         """A sandbox that could not be started: whatever was made of it goes, and a take
-        waiting for it gets the reason, or (`retake`) is taken again, afresh."""
-        if box.pid > 0:
+        waiting for it gets the reason."""
+        if box.pidfd >= 0:  # it exists (else its pid, if any, may be another's by now)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(box.pid, signal.SIGKILL)
+                signal.pidfd_send_signal(box.pidfd, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(box.pid, 0)
-        if box.pidfd >= 0:
             os.close(box.pidfd)
+            box.pidfd = -1
         for fd in (*box.engine_fds, box.ready_fd):
             os.close(fd)
         box.engine_fds, box.ready_fd = [], -1
@@ -230,34 +278,24 @@ class Zygote:
         self.running.pop(box.sid, None)
         if box.sid in self.pool:
             self.pool.remove(box.sid)
-        if box.handover is not None and retake:
-            self.take(box.handover["msg"])
-        elif box.handover is not None:
+        if box.handover is not None:
             self.report({"op": "error", "req": box.handover["req"], "error": why})
         else:
             self.report({"op": "log", "level": "error", "msg": why})
 
-    def _replace_cloner(self, why: str) -> None:
-        """The cloner died. What it had not answered may or may not have been cloned: those
-        sandboxes are abandoned (a clone that was made ends when its go pipe closes, and is
-        reaped as a stray), and a new cloner takes over."""
-        self.report({"op": "log", "level": "error", "msg": f"{why}; starting a new one"})
-        self.sel.unregister(self.cloner.sock)
-        self.cloner = self.cloner.restarted()
-        self.sel.register(self.cloner.sock, selectors.EVENT_READ, ("cloner", ""))
-        lost = list(self.cloning)
-        self.cloning.clear()
-        self.strays = True
-        for box in lost:
-            os.close(box.sync_w)
-            box.sync_w = -1
-            self._abandon(box, "the cloner died while starting this sandbox", retake=True)
-
     def _reap_strays(self) -> None:
-        """Reap children that are no sandbox of ours (clones whose reply was lost)."""
-        known = {box.pid for box in self.live.values()} | {self.cloner.pid}
-        with open(f"/proc/self/task/{os.getpid()}/children") as f:
-            kids = [int(p) for p in f.read().split()]
+        """Reap children that are no sandbox of ours (clones whose reply was lost). Only
+        while no clone is in flight: one of those is a child whose pid is not known yet."""
+        if self.cloning:
+            return
+        known = {box.pid for box in self.live.values()}
+        if self.cloner is not None:
+            known.add(self.cloner.pid)
+        try:
+            with open(f"/proc/self/task/{os.getpid()}/children") as f:
+                kids = [int(p) for p in f.read().split()]
+        except OSError:
+            kids = []  # no CONFIG_PROC_CHILDREN: left to the zygote's exit
         pending = False
         for pid in kids:
             if pid not in known:
@@ -485,7 +523,9 @@ class Zygote:
     def serve(self) -> None:
         self.sock.setblocking(True)
         self.sel.register(self.sock, selectors.EVENT_READ, ("engine", ""))
-        self.sel.register(self.cloner.sock, selectors.EVENT_READ, ("cloner", ""))
+        if self.cloner is not None:
+            self.sel.register(self.cloner.sock, selectors.EVENT_READ, ("cloner", ""))
+            self.sel.register(self.cloner.pidfd, selectors.EVENT_READ, ("cloner", ""))
         self.report({"op": "hello", "pid": os.getpid(), "runtime": self.cfg.runtime})
         next_poll = 0.0
         while True:
@@ -597,10 +637,15 @@ class Zygote:
     def shutdown(self) -> None:
         while self.cloning:  # their pids, so they can be reaped; each ends with its go pipe
             box = self.cloning.popleft()
-            pid = self.cloner.wait_reply(1.0)
+            pid = self.cloner.wait_reply(1.0) if self.cloner is not None else None
             os.close(box.sync_w)
             box.sync_w = -1
-            if pid is not None and pid > 0:
+            if pid is None:
+                for rest in self.cloning:
+                    os.close(rest.sync_w)
+                    rest.sync_w = -1
+                self.cloning.clear()  # the cloner answers no more
+            elif pid > 0:
                 box.pid = pid
         for box in list(self.live.values()):
             if box.pid > 0:
@@ -608,7 +653,8 @@ class Zygote:
                     os.kill(box.pid, signal.SIGKILL)
         for sid in list(self.live):
             self.on_exit_quiet(sid)
-        self.cloner.stop()
+        if self.cloner is not None:
+            self.cloner.stop()
 
     def on_exit_quiet(self, sid: str) -> None:
         box = self.live.pop(sid)
@@ -700,7 +746,7 @@ def main() -> None:
     )
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     home_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    z = Zygote(cfg, sock, driver, Cloner.start(spec, CLONE_FLAGS), home_netns)
+    z = Zygote(cfg, sock, driver, Cloner.start(spec, CLONE_FLAGS), spec, home_netns)
     z.free_uids.extend(range(cfg.uid_base, cfg.uid_base + cfg.uid_count))
     z.serve()
 
