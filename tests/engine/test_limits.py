@@ -42,6 +42,19 @@ def test_sleep_past_wall_limit_gives_timeout(engine) -> None:
     assert out.status is Status.TIMEOUT and "wall_time" in out.exceeded
 
 
+def test_fork_bombs_are_named_process_limit_every_time(engine) -> None:
+    # every process forks at once: the kernel counts each fork against RLIMIT_NPROC before
+    # the cgroup's pids.max refuses it; NPROC must not be the one that refuses, which
+    # leaves no trace and made a bomb a plain "failure"
+    bomb = Job(runtime="python", code="import os\nwhile True:\n    os.fork()")
+    for _ in range(3):
+        outs = engine.many([bomb] * 6)
+        assert [o.status for o in outs] == [Status.PROCESS_LIMIT] * 6, [
+            (o.status, o.exceeded) for o in outs
+        ]
+        assert all("processes" in o.exceeded for o in outs)
+
+
 def test_fork_loop_gives_process_flag(engine) -> None:
     code = "import os, time\nfor _ in range(100):\n    if os.fork() == 0:\n        time.sleep(5)\n"
     out = engine.py(code, pids=10)

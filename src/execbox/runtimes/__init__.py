@@ -67,8 +67,11 @@ def rlimits(limits: Limits) -> dict[str, int]:
         "fsize": limits.file_size_bytes,
         "nofile": limits.fds,
         # pids.max is the binding limit: it counts in pids.events, RLIMIT_NPROC leaves no
-        # trace. NPROC stays as a backstop just above it.
-        "nproc": limits.pids + 4,
+        # trace. NPROC stays as a backstop, twice above it: the kernel counts a fork
+        # against NPROC before it asks the cgroup, so in a fork bomb, with every process
+        # forking at once, the count reached pids + 4 before pids.max refused one (half
+        # of the fork bombs ended "failure", with no limit named).
+        "nproc": 2 * limits.pids + 4,
         "stack": limits.stack_bytes,
         "core": 0,
     }
