@@ -18,6 +18,7 @@ import re
 import shutil
 import stat
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,7 @@ class Sessions:
         self.cfg = cfg
         self.root = os.path.realpath(cfg.root)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._mounting = threading.Lock()  # see _mount
 
     def prepare(self) -> None:
         """Make the sessions directory a shared mount. Call before the zygotes start."""
@@ -99,25 +101,33 @@ class Sessions:
         image, mnt = self._paths(row.id)
         if _is_mountpoint(mnt):
             return mnt
-        os.makedirs(mnt, mode=0o700, exist_ok=True)
-        if not os.path.exists(image):
-            free = shutil.disk_usage(os.path.dirname(image)).free
-            if free < MIN_FREE_FOR_NEW:
-                raise SessionError(
-                    f"no space left for a new session workspace: {free} bytes free in {self.root}",
-                    storage=True,
-                )
-            with open(image, "wb") as f:
-                f.truncate(row.quota_bytes)
-            _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
-                  "-E", f"root_owner={row.uid}:{row.uid}", image])  # fmt: skip
-        _run(["mount", "-o", "loop,nosuid,nodev", image, mnt])
-        os.chown(mnt, row.uid, row.uid)
-        os.chmod(mnt, 0o755)
-        lost = os.path.join(mnt, "lost+found")
-        if os.path.isdir(lost):
-            with contextlib.suppress(OSError):
-                os.rmdir(lost)
+        # One at a time: `mount -o loop` picks a free loop device and then binds it, and two
+        # at once (two new sessions, each in a worker thread) could pick the same one: one
+        # failed "already mounted or mount point busy". And two first requests for one new
+        # session (a run and an upload) must not both make its image.
+        with self._mounting:
+            if _is_mountpoint(mnt):  # mounted meanwhile, by another request for it
+                return mnt
+            os.makedirs(mnt, mode=0o700, exist_ok=True)
+            if not os.path.exists(image):
+                free = shutil.disk_usage(os.path.dirname(image)).free
+                if free < MIN_FREE_FOR_NEW:
+                    raise SessionError(
+                        f"no space left for a new session workspace: {free} bytes free in "
+                        f"{self.root}",
+                        storage=True,
+                    )
+                with open(image, "wb") as f:
+                    f.truncate(row.quota_bytes)
+                _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+                      "-E", f"root_owner={row.uid}:{row.uid}", image])  # fmt: skip
+            _run(["mount", "-o", "loop,nosuid,nodev", image, mnt])
+            os.chown(mnt, row.uid, row.uid)
+            os.chmod(mnt, 0o755)
+            lost = os.path.join(mnt, "lost+found")
+            if os.path.isdir(lost):
+                with contextlib.suppress(OSError):
+                    os.rmdir(lost)
         return mnt
 
     def ensure(self, session_id: str) -> Workspace:

@@ -8,6 +8,7 @@ import itertools
 import os
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -125,3 +126,18 @@ def test_session_ids_are_validated(engine) -> None:
     for bad in ("../x", "", "a/b", ".hidden", "x" * 200):
         with pytest.raises(S.SessionError):
             S.check_id(bad)
+
+
+def test_new_sessions_made_at_once_all_get_their_workspace(engine) -> None:
+    # each new session's image is loop-mounted in a worker thread: two `mount -o loop` at
+    # once could pick the same loop device, and one failed "already mounted"; and a second
+    # first request for one session (an upload beside a run) must not make its image again
+    ids = [sid() for _ in range(6)]
+    jobs = [in_session(s, "import os; print(os.listdir('.'))") for s in ids for _ in range(2)]
+    with ThreadPoolExecutor(4) as pool:
+        uploads = [pool.submit(engine.sessions.ensure, s) for s in ids]
+        outs = engine.many(jobs)
+        for u in uploads:
+            u.result(timeout=30)
+    assert [o.status for o in outs] == [Status.SUCCESS] * 12, [(o.status, o.error) for o in outs]
+    assert all(o.stdout == b"[]\n" for o in outs), [o.stdout for o in outs]
