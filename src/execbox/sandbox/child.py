@@ -99,14 +99,20 @@ def setup(spec: ChildSpec) -> None:
     libc.load_seccomp(spec.seccomp_bpf)
 
 
-def _read_job() -> dict:
+def _read_all(fd: int) -> bytes:
+    """Everything written to the pipe `fd` until its writer closed it."""
     chunks = []
-    while chunk := os.read(JOB_FD, 1 << 16):
+    while chunk := os.read(fd, 1 << 16):
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _read_job() -> dict:
+    data = _read_all(JOB_FD)
     os.close(JOB_FD)
-    if not chunks:
+    if not data:
         raise SystemExit(EXIT_SETUP_FAILED)  # the engine let go of us without a job
-    return json.loads(b"".join(chunks))
+    return json.loads(data)
 
 
 def _apply_rlimits(limits: dict[str, int]) -> None:
@@ -403,10 +409,7 @@ def _own_spec(base: ChildSpec, sync_fd: int) -> ChildSpec | None:
     """Wait for the zygote's go: "G" once it has written our uid map (and brought up our
     loopback), then a session's workspace, if any, then the end of the pipe. None if the
     zygote let go of us instead."""
-    chunks = []
-    while chunk := os.read(sync_fd, 1 << 16):
-        chunks.append(chunk)
-    data = b"".join(chunks)
+    data = _read_all(sync_fd)
     if data[:1] != b"G":
         return None
     return replace(base, workspace=data[1:].decode()) if len(data) > 1 else base

@@ -43,8 +43,6 @@ class Cloner:
     """The zygote's handle on its cloner: requests go out without waiting; replies come in
     order, on the socket (`replies`). Its death shows on `pidfd`."""
 
-    spec: child.ChildSpec
-    flags: int
     pid: int
     pidfd: int
     sock: socket.socket
@@ -63,7 +61,7 @@ class Cloner:
             ours.close()
             _serve(theirs, spec, flags)  # never returns
         theirs.close()
-        return cls(spec, flags, pid, os.pidfd_open(pid), ours)
+        return cls(pid, os.pidfd_open(pid), ours)
 
     def request(self, fds: tuple[int, ...]) -> None:
         """Ask for a sandbox that starts with these fds (ours may be closed at once). The

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import functools
 import os
 import threading
 
@@ -118,7 +117,7 @@ class Clone:
     that a call writes as few pages as it can (see cloner.py for why that matters)."""
 
     def __init__(self, flags: int) -> None:
-        tid = _tid_address(threading.get_native_id())
+        tid = _tid_address()
         if tid is not None:
             flags |= CLONE_CHILD_SETTID
         self.args = (SYS_clone, ctypes.c_ulong(flags | 17), None, None, ctypes.c_void_p(tid), None)
@@ -136,13 +135,12 @@ class Clone:
         return pid
 
 
-@functools.cache
-def _tid_address(tid: int) -> int | None:
+def _tid_address() -> int | None:
     """The address of this thread's tid in glibc's descriptor of it (struct pthread), which
     no interface gives (pthread_gettid_np reads it, from glibc 2.42). Found by looking for
     the tid in the descriptor's first KiB (it is at 720 in glibc 2.26 to 2.40 on x86_64);
     None unless found exactly once, and then clones go without the fix."""
-    base = _libc.pthread_self()
+    base, tid = _libc.pthread_self(), threading.get_native_id()
     hits = [off for off in range(0, 1024, 4) if ctypes.c_int.from_address(base + off).value == tid]
     return base + hits[0] if len(hits) == 1 else None
 

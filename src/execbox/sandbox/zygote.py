@@ -104,9 +104,9 @@ class Zygote:
     cfg: ZygoteConfig
     sock: socket.socket
     cgroups: CgroupDriver
-    cloner: Cloner | None  # None while one cannot be forked
     spec: child.ChildSpec  # what the cloner's sandboxes start from
     home_netns: int  # an fd of the zygote's own network namespace
+    cloner: Cloner | None = None  # started by serve(); None while one cannot be forked
     sel: selectors.DefaultSelector = field(default_factory=selectors.DefaultSelector)
     free_uids: deque[int] = field(default_factory=deque)
     live: dict[str, Sandbox] = field(default_factory=dict)
@@ -269,17 +269,12 @@ class Zygote:
                 os.waitpid(box.pid, 0)
             os.close(box.pidfd)
             box.pidfd = -1
-        for fd in (*box.engine_fds, box.ready_fd):
-            os.close(fd)
-        box.engine_fds, box.ready_fd = [], -1
+        os.close(box.ready_fd)
+        box.ready_fd = -1
+        self._forget(box)
         box.cgroup.destroy()
-        self._release_uid(box.uid, box.session)
-        self.live.pop(box.sid, None)
-        self.running.pop(box.sid, None)
-        if box.sid in self.pool:
-            self.pool.remove(box.sid)
         if box.handover is not None:
-            self.report({"op": "error", "req": box.handover["req"], "error": why})
+            self.report({"op": "error", "req": box.handover["msg"]["req"], "error": why})
         else:
             self.report({"op": "log", "level": "error", "msg": why})
 
@@ -360,7 +355,7 @@ class Zygote:
             self.report({"op": "error", "req": msg["req"], "error": why})
             self.kill(box)
             return
-        box.handover = {"msg": msg, "req": msg["req"], "t0": t0, "hit": hit}
+        box.handover = {"msg": msg, "t0": t0, "hit": hit}
         if box.pidfd >= 0:
             self._hand_over(box)
         # else: once the cloner has answered (finish)
@@ -371,7 +366,7 @@ class Zygote:
         self.report(
             {
                 "op": "sandbox",
-                "req": box.handover["req"],
+                "req": box.handover["msg"]["req"],
                 "sid": box.sid,
                 "pid": box.pid,
                 "pool_hit": box.handover["hit"],
@@ -452,8 +447,7 @@ class Zygote:
     def on_exit(self, sid: str) -> None:
         if self.live[sid].ready_fd >= 0:  # collect its last words first
             self.on_ready(sid)
-        box = self.live.pop(sid)
-        self.running.pop(sid, None)
+        box = self.live[sid]
         if box.ready_fd >= 0:
             self.sel.unregister(box.ready_fd)
             os.close(box.ready_fd)
@@ -461,11 +455,7 @@ class Zygote:
         io = None if box.reported else _read_io(box.pid)  # a zombie still has its counters
         _, status, ru = os.wait4(box.pid, 0)
         os.close(box.pidfd)
-        for fd in box.engine_fds:
-            os.close(fd)
-        self._release_uid(box.uid, box.session)
-        if sid in self.pool:
-            self.pool.remove(sid)
+        self._forget(box)
         if box.reported:  # early: the engine holds its slot until now
             self.report({"op": "reaped", "sid": sid})
         else:
@@ -523,9 +513,7 @@ class Zygote:
     def serve(self) -> None:
         self.sock.setblocking(True)
         self.sel.register(self.sock, selectors.EVENT_READ, ("engine", ""))
-        if self.cloner is not None:
-            self.sel.register(self.cloner.sock, selectors.EVENT_READ, ("cloner", ""))
-            self.sel.register(self.cloner.pidfd, selectors.EVENT_READ, ("cloner", ""))
+        self._start_cloner()
         self.report({"op": "hello", "pid": os.getpid(), "runtime": self.cfg.runtime})
         next_poll = 0.0
         while True:
@@ -600,6 +588,18 @@ class Zygote:
             box.fds_peak = max(box.fds_peak, n)
             if box.nofile and n >= box.nofile:
                 box.fds_hit = True
+
+    def _forget(self, box: Sandbox) -> None:
+        """A sandbox that is no more, reaped or given up: out of every index, the ends the
+        engine never got closed, its uid free again."""
+        self.live.pop(box.sid, None)
+        self.running.pop(box.sid, None)
+        if box.sid in self.pool:
+            self.pool.remove(box.sid)
+        for fd in box.engine_fds:
+            os.close(fd)
+        box.engine_fds = []
+        self._release_uid(box.uid, box.session)
 
     def _release_uid(self, uid: int, session: dict[str, Any] | None) -> None:
         if session is None:  # session uids belong to the session, not to this zygote
@@ -746,7 +746,7 @@ def main() -> None:
     )
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     home_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    z = Zygote(cfg, sock, driver, Cloner.start(spec, CLONE_FLAGS), spec, home_netns)
+    z = Zygote(cfg, sock, driver, spec, home_netns)
     z.free_uids.extend(range(cfg.uid_base, cfg.uid_base + cfg.uid_count))
     z.serve()
 
