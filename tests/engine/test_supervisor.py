@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Iterator
+
+import pytest
 
 from execbox.sandbox import protocol
 from execbox.sandbox.supervisor import Lease, Supervisor, ZygoteLaunch
@@ -46,31 +49,32 @@ def _lease(loop: asyncio.AbstractEventLoop, sid: str) -> Lease:
     )  # fmt: skip
 
 
-def test_an_early_end_keeps_the_slot_until_the_sandbox_is_reaped() -> None:
+@pytest.fixture
+def held() -> Iterator[tuple[Supervisor, Lease]]:
+    """A supervisor holding one lease, with futures on a loop of their own."""
     loop = asyncio.new_event_loop()
     try:
         sup = Supervisor(launch=None)  # type: ignore[arg-type]
         lease = _lease(loop, "a")
         sup._leases["a"] = lease
-        sup._dispatch({"op": "exit", "sid": "a", "early": True}, [])
-        assert lease.exited.done() and not lease.gone.done()
-        assert lease.exited.result()["sid"] == "a" and "a" in sup._dying
-        sup._dispatch({"op": "reaped", "sid": "a"}, [])
-        assert lease.gone.done() and "a" not in sup._dying
+        yield sup, lease
     finally:
         loop.close()
 
 
-def test_the_slot_comes_back_even_when_the_engine_gave_up_waiting_for_the_end() -> None:
+def test_an_early_end_keeps_the_slot_until_the_sandbox_is_reaped(held) -> None:
+    sup, lease = held
+    sup._dispatch({"op": "exit", "sid": "a", "early": True}, [])
+    assert lease.exited.done() and not lease.gone.done()
+    assert lease.exited.result()["sid"] == "a" and "a" in sup._dying
+    sup._dispatch({"op": "reaped", "sid": "a"}, [])
+    assert lease.gone.done() and "a" not in sup._dying
+
+
+def test_the_slot_comes_back_even_when_the_engine_gave_up_waiting_for_the_end(held) -> None:
     # the engine's wait for a killed sandbox timed out (its `exited` was cancelled); when
     # the exit comes after all, the slot must still be released, not leaked
-    loop = asyncio.new_event_loop()
-    try:
-        sup = Supervisor(launch=None)  # type: ignore[arg-type]
-        lease = _lease(loop, "b")
-        sup._leases["b"] = lease
-        lease.exited.cancel()
-        sup._dispatch({"op": "exit", "sid": "b", "early": False}, [])
-        assert lease.gone.done()
-    finally:
-        loop.close()
+    sup, lease = held
+    lease.exited.cancel()
+    sup._dispatch({"op": "exit", "sid": "a", "early": False}, [])
+    assert lease.gone.done() and "a" not in sup._leases
