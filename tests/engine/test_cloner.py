@@ -49,16 +49,20 @@ def test_sandboxes_are_the_zygotes_children_and_the_cloner_holds_nothing(engine)
         assert _nspid(pid)[1:] == [1], (pid, _nspid(pid))
     # nothing of the zygote's (its engine socket, sandboxes' pipes, cgroup files) is held
     # by the cloner, and so none of it is in a sandbox at its clone: stdio and its socket
-    _assert_holds_only_its_socket(cloner)
+    _assert_holds_only_its_own(cloner)
 
 
-def _assert_holds_only_its_socket(cloner: int) -> None:
+def _assert_holds_only_its_own(cloner: int) -> None:
+    """Stdio, its socket to the zygote, and its own (the host's) network namespace, to
+    which it comes back after a clone into a kept one."""
     deadline = time.monotonic() + 2  # a cloner just forked closes the zygote's fds first
-    while len(fds := sorted(int(fd) for fd in os.listdir(f"/proc/{cloner}/fd"))) != 4:
+    while len(fds := sorted(int(fd) for fd in os.listdir(f"/proc/{cloner}/fd"))) != 5:
         assert time.monotonic() < deadline, fds
         time.sleep(0.01)
     assert fds[:3] == [0, 1, 2], fds
-    assert os.readlink(f"/proc/{cloner}/fd/{fds[3]}").startswith("socket:")
+    netns, sock = sorted(os.readlink(f"/proc/{cloner}/fd/{fd}") for fd in fds[3:])
+    assert sock.startswith("socket:"), sock
+    assert netns == os.readlink("/proc/self/ns/net") == os.readlink(f"/proc/{cloner}/ns/net")
 
 
 def test_a_killed_cloner_is_replaced_and_nothing_in_flight_is_lost(engine) -> None:
@@ -82,7 +86,7 @@ def test_a_killed_cloner_is_replaced_and_nothing_in_flight_is_lost(engine) -> No
     assert new != cloner
     # forked while sandboxes were live: a copy of their pipes held here would keep a
     # sandbox waiting for the end of its job forever
-    _assert_holds_only_its_socket(new)
+    _assert_holds_only_its_own(new)
 
 
 def test_takes_waiting_on_a_cloner_that_dies_get_new_sandboxes(engine) -> None:
@@ -103,7 +107,7 @@ def test_takes_waiting_on_a_cloner_that_dies_get_new_sandboxes(engine) -> None:
     assert [o.status for o in outs] == [Status.SUCCESS] * 8, [(o.status, o.error) for o in outs]
     assert [o.stdout for o in outs] == [f"{i}\n".encode() for i in range(8)]
     assert sup.restarts == 0
-    _assert_holds_only_its_socket(_cloner(zygote))
+    _assert_holds_only_its_own(_cloner(zygote))
     # a clone whose reply was lost ends when its go pipe closes, and is reaped
     deadline = time.monotonic() + 5
     while zombies := [p for p in _children(zygote) if _state(p) == "Z"]:

@@ -25,13 +25,19 @@ import socket
 import struct
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from execbox.sandbox import child, libc
+from execbox.sandbox import child, libc, netns
 
 # the fds a sandbox starts with, in this order (see child.main), then its cgroup.procs files
 SANDBOX_FDS = 7
 MAX_FDS = SANDBOX_FDS + 16
-_REPLY = struct.Struct("i")  # the new pid, or minus the clone's errno
+_REPLY = struct.Struct("i?")  # a Reply
+
+
+class Reply(NamedTuple):
+    pid: int  # the new pid, or minus the errno the kernel refused the clone with
+    fresh: bool  # in a new network namespace, not the kept one the request offered
 
 
 class ClonerGone(Exception):
@@ -41,15 +47,16 @@ class ClonerGone(Exception):
 @dataclass
 class Cloner:
     """The zygote's handle on its cloner: requests go out without waiting; replies come in
-    order, on the socket (`replies`). Its death shows on `pidfd`."""
+    order, on the socket (`replies`): the pid, and whether the sandbox's network namespace
+    is a new one. Its death shows on `pidfd`."""
 
     pid: int
     pidfd: int
     sock: socket.socket
-    early: deque[int] = field(default_factory=deque)  # replies read while a send waited
+    early: deque[Reply] = field(default_factory=deque)  # replies read while a send waited
 
     @classmethod
-    def start(cls, spec: child.ChildSpec, flags: int) -> Cloner:
+    def start(cls, spec: child.ChildSpec, flags: int, pristine: bytes) -> Cloner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = os.fork()
@@ -59,19 +66,21 @@ class Cloner:
             raise
         if pid == 0:
             ours.close()
-            _serve(theirs, spec, flags)  # never returns
+            _serve(theirs, spec, flags, pristine)  # never returns
         theirs.close()
         return cls(pid, os.pidfd_open(pid), ours)
 
-    def request(self, fds: tuple[int, ...]) -> None:
-        """Ask for a sandbox that starts with these fds (ours may be closed at once). The
-        reply, its pid, comes later, in order. Raises ClonerGone if the cloner is dead.
+    def request(self, fds: tuple[int, ...], netns: int = -1) -> None:
+        """Ask for a sandbox that starts with these fds (ours may be closed at once), in
+        the kept network namespace `netns` if one is given and it is untouched, else in a
+        new one. The reply comes later, in order. Raises ClonerGone if the cloner is dead.
 
         The send never blocks for good: while the cloner's side is full (it is itself
         waiting to send replies this loop has not read), the replies are read here."""
         while True:
             try:
-                socket.send_fds(self.sock, [b"C"], list(fds), socket.MSG_DONTWAIT)
+                kind, sent = (b"N", [*fds, netns]) if netns >= 0 else (b"C", list(fds))
+                socket.send_fds(self.sock, [kind], sent, socket.MSG_DONTWAIT)
                 return
             except BlockingIOError:
                 pids, gone = self._read()
@@ -82,7 +91,7 @@ class Cloner:
             except OSError as exc:
                 raise ClonerGone(f"the cloner is unreachable: {exc}") from exc
 
-    def replies(self) -> tuple[list[int], bool]:
+    def replies(self) -> tuple[list[Reply], bool]:
         """The replies that have come, oldest first (a pid, or minus the errno the kernel
         refused the clone with), and whether the cloner has died: then the requests not
         answered have no reply, and may or may not have been cloned."""
@@ -91,7 +100,7 @@ class Cloner:
         self.early.clear()
         return early + pids, gone
 
-    def _read(self) -> tuple[list[int], bool]:
+    def _read(self) -> tuple[list[Reply], bool]:
         out = []
         while True:
             try:
@@ -102,9 +111,9 @@ class Cloner:
                 return out, True
             if len(reply) != _REPLY.size:
                 return out, True
-            out.append(_REPLY.unpack(reply)[0])
+            out.append(Reply(*_REPLY.unpack(reply)))
 
-    def wait_reply(self, timeout: float) -> int | None:
+    def wait_reply(self, timeout: float) -> Reply | None:
         """The next reply, waiting for it up to `timeout` (at shutdown); None if none."""
         if self.early:
             return self.early.popleft()
@@ -115,7 +124,7 @@ class Cloner:
             return None
         finally:
             self.sock.settimeout(None)
-        return _REPLY.unpack(reply)[0] if len(reply) == _REPLY.size else None
+        return Reply(*_REPLY.unpack(reply)) if len(reply) == _REPLY.size else None
 
     def stop(self) -> None:
         """End it (it exits when it reads the end of its socket; a stopped or stuck one is
@@ -128,7 +137,7 @@ class Cloner:
         os.close(self.pidfd)
 
 
-def _serve(sock: socket.socket, spec: child.ChildSpec, flags: int) -> None:
+def _serve(sock: socket.socket, spec: child.ChildSpec, flags: int, pristine: bytes) -> None:
     """The cloner's loop. Kept to a few lines on purpose: every page it writes between two
     clones costs it a copy-on-write fault at the next one."""
     status = 0
@@ -139,26 +148,68 @@ def _serve(sock: socket.socket, spec: child.ChildSpec, flags: int) -> None:
         # to hold, and a sandbox must not inherit them
         os.closerange(3, keep)
         libc.close_range(keep + 1)
-        clone = libc.Clone(flags | libc.CLONE_PARENT)
+        home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        clone = _Clones(flags, home, pristine)
         while True:
-            _msg, fds, _flags, _addr = socket.recv_fds(sock, 1, MAX_FDS)
+            msg, fds, _flags, _addr = socket.recv_fds(sock, 1, MAX_FDS + 1)
             if not fds:
                 break  # the zygote has gone
-            if len(fds) < SANDBOX_FDS:
-                pid = -22  # EINVAL: not a request this loop understands
-            else:
-                try:
-                    pid = clone()
-                except OSError as exc:
-                    pid = -(exc.errno or 22)
-                if pid == 0:
-                    # the clone must not hold the zygote's line to the cloner: a clone
-                    # kept it open, the cloner's death would not show as its end
-                    os.close(keep)
-                    child.main(spec, fds[6], tuple(fds[:6]), tuple(fds[7:]))  # no return
-            for fd in fds:
+            kept = fds.pop() if msg == b"N" and len(fds) > SANDBOX_FDS else -1
+            # EINVAL: not a request this loop understands
+            reply = clone(kept) if len(fds) >= SANDBOX_FDS else Reply(-22, False)
+            if reply.pid == 0:
+                # the clone must not hold the zygote's line to the cloner: a clone
+                # kept it open, the cloner's death would not show as its end
+                os.close(keep)
+                os.close(home)
+                if kept >= 0:
+                    os.close(kept)
+                child.main(spec, fds[6], tuple(fds[:6]), tuple(fds[7:]))  # no return
+            for fd in fds if kept < 0 else [*fds, kept]:
                 os.close(fd)
-            sock.send(_REPLY.pack(pid))
+            sock.send(_REPLY.pack(*reply))
     except BaseException:
         status = 1
     os._exit(status)
+
+
+class _Clones:
+    """The cloner's clone: in a new network namespace, or in a kept one (netns.py) if it
+    reads as new. To read it, this thread enters it; it comes home after the clone, which
+    stays in it."""
+
+    def __init__(self, flags: int, home: int, pristine: bytes) -> None:
+        self.new = libc.Clone(flags | libc.CLONE_PARENT)
+        self.into = libc.Clone((flags & ~libc.CLONE_NEWNET) | libc.CLONE_PARENT)
+        self.home = home
+        self.pristine = pristine
+
+    def __call__(self, kept: int) -> Reply:
+        if kept >= 0 and self._enter_if_new(kept):
+            pid = _clone(self.into)
+            if pid != 0:
+                libc.setns(self.home, libc.CLONE_NEWNET)  # failing here is a bug: it raises
+            return Reply(pid, False)
+        return Reply(_clone(self.new), True)
+
+    def _enter_if_new(self, kept: int) -> bool:
+        """Enter namespace `kept`, and stay if it reads as a new one; else come home."""
+        try:
+            libc.setns(kept, libc.CLONE_NEWNET)
+        except OSError:
+            return False
+        try:
+            if netns.observe() == self.pristine:
+                return True
+        except OSError:
+            pass
+        libc.setns(self.home, libc.CLONE_NEWNET)
+        return False
+
+
+def _clone(clone: libc.Clone) -> int:
+    """The new pid (0 in the clone), or minus the errno the kernel refused it with."""
+    try:
+        return clone()
+    except OSError as exc:
+        return -(exc.errno or 22)

@@ -29,9 +29,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from execbox.sandbox import child, kernfiles, landlock, libc, loopback, mounts, protocol
+from execbox.sandbox import child, kernfiles, landlock, libc, mounts, protocol
 from execbox.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits
-from execbox.sandbox.cloner import Cloner, ClonerGone
+from execbox.sandbox.cloner import Cloner, ClonerGone, Reply
+from execbox.sandbox.netns import NetnsPool
 from execbox.sandbox.seccomp import build_filter
 
 POLL_S = 0.05
@@ -97,6 +98,7 @@ class Sandbox:
     sync_w: int = -1  # while it is being cloned: its go, once its pid is known
     handover: dict[str, Any] | None = None  # a take's reply, waiting for its pid
     kill_pending: bool = False  # killed while being cloned
+    netns: int = -1  # an fd of its network namespace, once known
 
 
 @dataclass
@@ -105,7 +107,7 @@ class Zygote:
     sock: socket.socket
     cgroups: CgroupDriver
     spec: child.ChildSpec  # what the cloner's sandboxes start from
-    home_netns: int  # an fd of the zygote's own network namespace
+    netns: NetnsPool  # untouched network namespaces, for the next clones
     cloner: Cloner | None = None  # started by serve(); None while one cannot be forked
     sel: selectors.DefaultSelector = field(default_factory=selectors.DefaultSelector)
     free_uids: deque[int] = field(default_factory=deque)
@@ -139,6 +141,7 @@ class Zygote:
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         created = time.monotonic()
         cg: Cgroup | None = None
+        netns = -1
         try:
             # created before the clone so the child can join it by itself: an attach waits
             # for an RCU grace period (up to ~13 ms here), which must not stall this loop
@@ -150,11 +153,14 @@ class Zygote:
             try:
                 for path in cg.procs_files():
                     procs.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
-                self._request((in_r, out_w, err_w, job_r, ready_w, res_w, sync_r, *procs))
+                netns = self.netns.take()
+                self._request((in_r, out_w, err_w, job_r, ready_w, res_w, sync_r, *procs), netns)
             finally:
                 for fd in procs:
                     os.close(fd)
         except (OSError, ClonerGone):
+            if netns >= 0:
+                os.close(netns)
             for fd in (*(fd for pair in pipes for fd in pair), ready_r, ready_w):
                 os.close(fd)
             if cg is not None:
@@ -165,6 +171,7 @@ class Zygote:
             os.close(fd)  # the request carries them
         box = Sandbox(sid, 0, -1, uid, cg, ready_r, [job_w, in_w, out_r, err_r, res_r], created)
         box.sync_w = sync_w
+        box.netns = netns
         box.limits = limits
         box.session = session
         self.live[sid] = box
@@ -173,22 +180,22 @@ class Zygote:
         self.cloning.append(box)
         return box
 
-    def _request(self, fds: tuple[int, ...]) -> None:
+    def _request(self, fds: tuple[int, ...], netns: int) -> None:
         if self.cloner is None:
             self._start_cloner()  # it could not be started before: a new try
         if self.cloner is None:
             raise ClonerGone("no cloner: the zygote cannot fork one (see the log)")
         try:
-            self.cloner.request(fds)
+            self.cloner.request(fds, netns)
         except ClonerGone as exc:
             self.on_cloned()  # what it answered before it died, then a new one
             if self.cloner is None:
                 raise ClonerGone(f"{exc}; no new one could be started") from exc
-            self.cloner.request(fds)  # a second death in a row fails this spawn
+            self.cloner.request(fds, netns)  # a second death in a row fails this spawn
 
     def _start_cloner(self) -> None:
         try:
-            self.cloner = Cloner.start(self.spec, CLONE_FLAGS)
+            self.cloner = Cloner.start(self.spec, CLONE_FLAGS, self.netns.pristine)
         except OSError as exc:
             self.report({"op": "log", "level": "error", "msg": f"cannot fork a cloner: {exc}"})
             return
@@ -203,10 +210,10 @@ class Zygote:
         assert self.cloner is not None
         # dead first, then its replies: all it sent before it died are there to read
         dead = select.select([self.cloner.pidfd], [], [], 0)[0] != []
-        pids, gone = self.cloner.replies()
+        replies, gone = self.cloner.replies()
         gone = gone or dead
-        for pid in pids:
-            self.finish(self.cloning.popleft(), pid)
+        for reply in replies:
+            self.finish(self.cloning.popleft(), reply)
         if not gone:
             return
         self.report({"op": "log", "level": "error", "msg": "the cloner died; starting a new one"})
@@ -234,8 +241,13 @@ class Zygote:
             else:
                 self.take({**msg, "retaken": True})
 
-    def finish(self, box: Sandbox, pid: int) -> None:
-        """Its pid is known: map its uid, bring up its loopback, give it the go."""
+    def finish(self, box: Sandbox, reply: Reply) -> None:
+        """Its pid is known: map its uid, bring up the loopback of a new network namespace
+        (the kept one it was offered, if it was not used, goes), give it the go."""
+        pid = reply.pid
+        if reply.fresh and box.netns >= 0:
+            os.close(box.netns)
+            box.netns = -1
         try:
             if pid < 0:
                 raise OSError(-pid, f"clone: {os.strerror(-pid)}")
@@ -243,7 +255,8 @@ class Zygote:
             box.pidfd = os.pidfd_open(pid)
             kernfiles.write(f"/proc/{pid}/uid_map", f"{mounts.SANDBOX_UID} {box.uid} 1\n")
             kernfiles.write(f"/proc/{pid}/gid_map", f"{mounts.SANDBOX_GID} {box.uid} 1\n")
-            loopback.bring_up(pid, self.home_netns)
+            if box.netns < 0:
+                box.netns = self.netns.adopt(pid)
             os.write(box.sync_w, b"G" + (box.session["dir"].encode() if box.session else b""))
         except OSError as exc:
             self._abandon(box, f"cannot start a sandbox: {exc}")
@@ -455,6 +468,9 @@ class Zygote:
         io = None if box.reported else _read_io(box.pid)  # a zombie still has its counters
         _, status, ru = os.wait4(box.pid, 0)
         os.close(box.pidfd)
+        if box.netns >= 0:  # every process in it is gone with the sandbox's pid 1
+            self.netns.give_back(box.netns)
+            box.netns = -1
         self._forget(box)
         if box.reported:  # early: the engine holds its slot until now
             self.report({"op": "reaped", "sid": sid})
@@ -599,6 +615,9 @@ class Zygote:
         for fd in box.engine_fds:
             os.close(fd)
         box.engine_fds = []
+        if box.netns >= 0:  # not given back: a clone given up may still be alive in it
+            os.close(box.netns)
+            box.netns = -1
         self._release_uid(box.uid, box.session)
 
     def _release_uid(self, uid: int, session: dict[str, Any] | None) -> None:
@@ -632,21 +651,22 @@ class Zygote:
             box = self.live[self.pool.popleft()]
             box.taken = False
             self.kill(box)
+        self.netns.shrink(self.cfg.pool_size)
         self.report({"op": "resized", "pool": len(self.pool)})
 
     def shutdown(self) -> None:
         while self.cloning:  # their pids, so they can be reaped; each ends with its go pipe
             box = self.cloning.popleft()
-            pid = self.cloner.wait_reply(1.0) if self.cloner is not None else None
+            reply = self.cloner.wait_reply(1.0) if self.cloner is not None else None
             os.close(box.sync_w)
             box.sync_w = -1
-            if pid is None:
+            if reply is None:
                 for rest in self.cloning:
                     os.close(rest.sync_w)
                     rest.sync_w = -1
                 self.cloning.clear()  # the cloner answers no more
-            elif pid > 0:
-                box.pid = pid
+            elif reply.pid > 0:
+                box.pid = reply.pid
         for box in list(self.live.values()):
             if box.pid > 0:
                 with contextlib.suppress(ProcessLookupError):
@@ -746,7 +766,7 @@ def main() -> None:
     )
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     home_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    z = Zygote(cfg, sock, driver, spec, home_netns)
+    z = Zygote(cfg, sock, driver, spec, NetnsPool.create(home_netns))
     z.free_uids.extend(range(cfg.uid_base, cfg.uid_base + cfg.uid_count))
     z.serve()
 

@@ -1,0 +1,93 @@
+"""What netns.py reads of a network namespace before it hands it to another sandbox: each
+way a process without capabilities can leave something behind moves it away from a new
+namespace's reading, and a namespace left as it was reads the same. Each case runs in a
+thread of its own that enters a new namespace (a namespace is per thread), so the tests'
+process stays at home."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from execbox.sandbox import libc, netns
+
+
+def in_new_namespace(fn: Callable[[], object]) -> object:
+    out: list[object] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            libc.unshare(libc.CLONE_NEWNET)
+            netns._bring_up_lo()
+            out.append(fn())
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+    return out[0]
+
+
+@pytest.fixture(scope="module")
+def pristine() -> bytes:
+    if os.geteuid() != 0:
+        pytest.fail("network namespaces need root, as execbox itself does")
+    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return in_new_namespace(lambda: netns.pristine(home))  # type: ignore[return-value]
+    finally:
+        os.close(home)
+
+
+def test_a_new_namespace_reads_as_pristine_and_the_reading_is_stable(pristine: bytes) -> None:
+    def twice() -> tuple[bytes, bytes]:
+        first = netns.observe()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM):
+            pass  # a socket made and closed, never bound: nothing stays
+        return first, netns.observe()
+
+    assert in_new_namespace(twice) == (pristine, pristine)
+
+
+def _abstract_name() -> tuple[bool, bool]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(b"\0execbox-netns-unit")
+    held = netns.observe()
+    s.close()
+    return held, netns.observe()
+
+
+def _no_route() -> bytes:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+        s.sendto(b"x", ("2001:db8::1", 9))
+    return netns.observe()
+
+
+def _tcp_over_lo() -> bytes:
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        with socket.create_connection(srv.getsockname()):
+            conn, _ = srv.accept()
+            conn.close()
+    return netns.observe()
+
+
+def test_a_held_unix_name_shows_until_it_is_released(pristine: bytes) -> None:
+    held, released = in_new_namespace(_abstract_name)  # type: ignore[misc]
+    assert held != pristine
+    assert released == pristine
+
+
+@pytest.mark.parametrize("touch", [_no_route, _tcp_over_lo], ids=["no route (v6)", "tcp"])
+def test_what_a_process_leaves_behind_shows(pristine: bytes, touch: Callable[[], bytes]) -> None:
+    assert in_new_namespace(touch) != pristine
