@@ -38,7 +38,7 @@ def in_new_namespace(fn: Callable[[], object]) -> object:
 
 
 @pytest.fixture(scope="module")
-def pristine() -> bytes:
+def pristine() -> netns.Reading:
     if os.geteuid() != 0:
         pytest.fail("network namespaces need root, as execbox itself does")
     home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -48,25 +48,33 @@ def pristine() -> bytes:
         os.close(home)
 
 
-def test_a_new_namespace_reads_as_pristine_and_the_reading_is_stable(pristine: bytes) -> None:
-    def twice() -> tuple[bytes, bytes]:
-        first = netns.observe()
+def as_new(pristine: netns.Reading) -> bool:
+    """The cloner's own check, in this thread's namespace."""
+    return netns.reads_as_new(pristine, bytearray(netns.BUF))
+
+
+def test_a_new_namespace_reads_as_pristine_and_the_reading_is_stable(pristine) -> None:
+    def twice() -> tuple[bool, bool]:
+        first = as_new(pristine)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM):
             pass  # a socket made and closed, never bound: nothing stays
-        return first, netns.observe()
+        return first, as_new(pristine)
 
-    assert in_new_namespace(twice) == (pristine, pristine)
-
-
-def _abstract_name() -> tuple[bool, bool]:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.bind(b"\0execbox-netns-unit")
-    held = netns.observe()
-    s.close()
-    return held, netns.observe()
+    assert in_new_namespace(twice) == (True, True)
 
 
-def _no_route() -> bytes:
+def test_a_held_unix_name_shows_until_it_is_released(pristine) -> None:
+    def name() -> tuple[bool, bool]:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind(b"\0execbox-netns-unit")
+        held = as_new(pristine)
+        s.close()
+        return held, as_new(pristine)
+
+    assert in_new_namespace(name) == (False, True)
+
+
+def _no_route() -> None:
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
         s.sendto(b"x", ("2001:db8::1", 9))
     return netns.observe()
@@ -79,15 +87,12 @@ def _tcp_over_lo() -> bytes:
         with socket.create_connection(srv.getsockname()):
             conn, _ = srv.accept()
             conn.close()
-    return netns.observe()
-
-
-def test_a_held_unix_name_shows_until_it_is_released(pristine: bytes) -> None:
-    held, released = in_new_namespace(_abstract_name)  # type: ignore[misc]
-    assert held != pristine
-    assert released == pristine
 
 
 @pytest.mark.parametrize("touch", [_no_route, _tcp_over_lo], ids=["no route (v6)", "tcp"])
-def test_what_a_process_leaves_behind_shows(pristine: bytes, touch: Callable[[], bytes]) -> None:
-    assert in_new_namespace(touch) != pristine
+def test_what_a_process_leaves_behind_shows(pristine, touch: Callable[[], None]) -> None:
+    def after() -> bool:
+        touch()
+        return as_new(pristine)
+
+    assert in_new_namespace(after) is False

@@ -56,6 +56,7 @@ class ChildSpec:
     seccomp_bpf: bytes
     tmp_bytes: int
     work_bytes: int
+    cap_last_cap: int  # the kernel's, read by the zygote (libc.cap_last_cap)
     workspace: str | None = None  # a session's workspace on the host, bound at /workspace
     landlock_abi: int = 0
     runtime: str = ""
@@ -71,8 +72,8 @@ def _arrange_fds(fds: tuple[int, ...]) -> None:
     libc.close_range(len(fds))
 
 
-def _drop_privileges() -> None:
-    libc.drop_all_capabilities_bounding()
+def _drop_privileges(last_cap: int) -> None:
+    libc.drop_all_capabilities_bounding(last_cap)
     os.setgroups([])
     os.setresgid(mounts.SANDBOX_GID, mounts.SANDBOX_GID, mounts.SANDBOX_GID)
     os.setresuid(mounts.SANDBOX_UID, mounts.SANDBOX_UID, mounts.SANDBOX_UID)
@@ -89,7 +90,7 @@ def setup(spec: ChildSpec) -> None:
     mounts.enter_root(spec.root, spec.tmp_bytes, spec.work_bytes, spec.workspace)
     libc.sethostname(spec.hostname)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    _drop_privileges()
+    _drop_privileges(spec.cap_last_cap)
     landlock.restrict(
         spec.landlock_abi,
         read_only=["/"],

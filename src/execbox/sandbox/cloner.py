@@ -56,7 +56,7 @@ class Cloner:
     early: deque[Reply] = field(default_factory=deque)  # replies read while a send waited
 
     @classmethod
-    def start(cls, spec: child.ChildSpec, flags: int, pristine: bytes) -> Cloner:
+    def start(cls, spec: child.ChildSpec, flags: int, pristine: netns.Reading) -> Cloner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = os.fork()
@@ -137,7 +137,7 @@ class Cloner:
         os.close(self.pidfd)
 
 
-def _serve(sock: socket.socket, spec: child.ChildSpec, flags: int, pristine: bytes) -> None:
+def _serve(sock: socket.socket, spec: child.ChildSpec, flags: int, pristine: netns.Reading) -> None:
     """The cloner's loop. Kept to a few lines on purpose: every page it writes between two
     clones costs it a copy-on-write fault at the next one."""
     status = 0
@@ -178,11 +178,12 @@ class _Clones:
     reads as new. To read it, this thread enters it; it comes home after the clone, which
     stays in it."""
 
-    def __init__(self, flags: int, home: int, pristine: bytes) -> None:
+    def __init__(self, flags: int, home: int, pristine: netns.Reading) -> None:
         self.new = libc.Clone(flags | libc.CLONE_PARENT)
         self.into = libc.Clone((flags & ~libc.CLONE_NEWNET) | libc.CLONE_PARENT)
         self.home = home
         self.pristine = pristine
+        self.buf = bytearray(netns.BUF)
 
     def __call__(self, kept: int) -> Reply:
         if kept >= 0 and self._enter_if_new(kept):
@@ -199,7 +200,7 @@ class _Clones:
         except OSError:
             return False
         try:
-            if netns.observe() == self.pristine:
+            if netns.reads_as_new(self.pristine, self.buf):
                 return True
         except OSError:
             pass

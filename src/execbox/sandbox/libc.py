@@ -201,10 +201,16 @@ class _CapData(ctypes.Structure):
     ]
 
 
-def drop_all_capabilities_bounding() -> None:
-    """Empty the bounding and ambient sets (needs CAP_SETPCAP, so before the uid drop)."""
+def cap_last_cap() -> int:
+    """The highest capability this kernel knows."""
     with open("/proc/sys/kernel/cap_last_cap") as f:
-        last_cap = int(f.read())
+        return int(f.read())
+
+
+def drop_all_capabilities_bounding(last_cap: int) -> None:
+    """Empty the bounding and ambient sets (needs CAP_SETPCAP, so before the uid drop).
+    `last_cap` is the kernel's (cap_last_cap), read once by the zygote, not by each
+    sandbox."""
     for cap in range(last_cap + 1):
         prctl(PR_CAPBSET_DROP, cap)
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)

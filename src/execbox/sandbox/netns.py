@@ -39,24 +39,41 @@ _IFREQ = struct.Struct("16sH14x")
 # leaves behind there moves one of these (a packet on lo, a counter, a socket); ~150 us
 # to read in all
 _OBSERVED = ("dev", "snmp", "snmp6", "sockstat", "sockstat6", "unix")
+_PATHS = tuple(f"/proc/thread-self/net/{name}" for name in _OBSERVED)
+_SOCKSTAT = _PATHS[3]
 # sockstat's fields that count the whole host, not the namespace
 _HOST_WIDE = re.compile(rb"\b(used|orphan|alloc|mem) \d+")
+BUF = 16384  # a new namespace's files are 4 KiB at most
 # ~160 KiB of kernel memory each (measured): a few dozen cover a zygote's pool and its
 # running sandboxes; past that a namespace is torn down as before
 KEEP = 32
 
 
-def observe() -> bytes:
+Reading = tuple[bytes, ...]  # one per file of _OBSERVED
+
+
+def observe() -> Reading:
     """This thread's network namespace as a sandbox would read it."""
-    parts = []
-    for name in _OBSERVED:
-        fd = os.open(f"/proc/thread-self/net/{name}", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = os.read(fd, 1 << 16)
-        finally:
-            os.close(fd)
-        parts.append(_HOST_WIDE.sub(rb"\1", data) if name == "sockstat" else data)
-    return b"\0".join(parts)
+    buf = bytearray(BUF)
+    return tuple(bytes(_read(path, buf)) for path in _PATHS)
+
+
+def reads_as_new(pristine: Reading, buf: bytearray) -> bool:
+    """Whether this thread's namespace reads as `pristine`. File by file into `buf`, which
+    the cloner allocates once: its loop writes a page or two of it, not a copy of each
+    file (every page it writes is a copy-on-write fault after each clone, and a page more
+    of the last sandbox's own)."""
+    return all(_read(path, buf) == want for path, want in zip(_PATHS, pristine, strict=True))
+
+
+def _read(path: str, buf: bytearray) -> memoryview | bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        n = os.readv(fd, [buf])  # a seq file fills the buffer: all of it, if it fits
+    finally:
+        os.close(fd)
+    data = memoryview(buf)[:n]
+    return _HOST_WIDE.sub(rb"\1", bytes(data)) if path == _SOCKSTAT else data
 
 
 def _bring_up_lo() -> None:
@@ -67,7 +84,7 @@ def _bring_up_lo() -> None:
         fcntl.ioctl(s, _SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | _IFF_UP))
 
 
-def pristine(home: int) -> bytes:
+def pristine(home: int) -> Reading:
     """A namespace just made, with `lo` up, as a sandbox reads it: made for this and torn
     down. `home` is an fd of the caller's own namespace, to which it returns."""
     libc.unshare(libc.CLONE_NEWNET)
@@ -85,7 +102,7 @@ class NetnsPool:
     it can be used)."""
 
     home: int  # an fd of the zygote's own namespace, to which it always returns
-    pristine: bytes  # what the cloner compares a kept namespace with
+    pristine: Reading  # what the cloner compares a kept namespace with
     keep: int = KEEP
     free: list[int] = field(default_factory=list)
 

@@ -763,6 +763,7 @@ def main() -> None:
         landlock_abi=landlock.abi(),
         runtime=cfg.runtime,
         prestart=cfg.prestart,
+        cap_last_cap=libc.cap_last_cap(),
     )
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     home_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
