@@ -182,7 +182,7 @@ class _Clones:
         self.new = libc.Clone(flags | libc.CLONE_PARENT)
         self.into = libc.Clone((flags & ~libc.CLONE_NEWNET) | libc.CLONE_PARENT)
         self.home = home
-        self.pristine = pristine
+        self.want = netns.matcher(pristine)
         self.buf = bytearray(netns.BUF)
 
     def __call__(self, kept: int) -> Reply:
@@ -200,7 +200,7 @@ class _Clones:
         except OSError:
             return False
         try:
-            if netns.reads_as_new(self.pristine, self.buf):
+            if netns.reads_as_new(self.want, self.buf):
                 return True
         except OSError:
             pass
