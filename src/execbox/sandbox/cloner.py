@@ -83,8 +83,8 @@ class Cloner:
                 socket.send_fds(self.sock, [kind], sent, socket.MSG_DONTWAIT)
                 return
             except BlockingIOError:
-                pids, gone = self._read()
-                self.early.extend(pids)
+                replies, gone = self._read()
+                self.early.extend(replies)
                 if gone:
                     raise ClonerGone("the cloner died") from None
                 select.select([self.sock], [self.sock], [], 0.1)
@@ -92,13 +92,12 @@ class Cloner:
                 raise ClonerGone(f"the cloner is unreachable: {exc}") from exc
 
     def replies(self) -> tuple[list[Reply], bool]:
-        """The replies that have come, oldest first (a pid, or minus the errno the kernel
-        refused the clone with), and whether the cloner has died: then the requests not
-        answered have no reply, and may or may not have been cloned."""
-        pids, gone = self._read()
+        """The replies that have come, oldest first, and whether the cloner has died: then
+        the requests not answered have no reply, and may or may not have been cloned."""
+        replies, gone = self._read()
         early = list(self.early)
         self.early.clear()
-        return early + pids, gone
+        return early + replies, gone
 
     def _read(self) -> tuple[list[Reply], bool]:
         out = []
@@ -165,8 +164,10 @@ def _serve(sock: socket.socket, spec: child.ChildSpec, flags: int, pristine: net
                 if kept >= 0:
                     os.close(kept)
                 child.main(spec, fds[6], tuple(fds[:6]), tuple(fds[7:]))  # no return
-            for fd in fds if kept < 0 else [*fds, kept]:
+            for fd in fds:
                 os.close(fd)
+            if kept >= 0:
+                os.close(kept)
             sock.send(_REPLY.pack(*reply))
     except BaseException:
         status = 1
