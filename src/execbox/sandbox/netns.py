@@ -12,8 +12,10 @@ could read of it is exactly as in a namespace just made: `lo`'s counters (no pac
 crossed it), the IP, ICMP, UDP and TCP counters (a send with no route counts there without
 a packet), no socket of any family left (TIME_WAIT, or a unix socket kept alive in flight),
 and the IPv6 ones the same. Else the clone gets a new namespace, and the old one is torn
-down. The sandbox holds no capability in a namespace it is handed, so it could not change
-its addresses, routes or sysctls to begin with.
+down. What the files do not show, a namespace's addresses, routes and sysctls, no sandbox
+can change: its code runs with every capability dropped, also in the namespace it was
+cloned with (which its own user namespace owns), and a namespace it is handed belongs to
+another's.
 
 A new namespace's `lo` is down. The sandbox could bring it up itself (it owns its namespace
 until it drops its capabilities), but that meant importing and running the socket machinery
