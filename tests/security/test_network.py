@@ -433,3 +433,31 @@ print("ok")
         assert out.status is Status.SUCCESS and out.stdout == b"ok\n", out
         after = py_json(engine, _plain_view())
         assert after["tables"]["unix"] == [] and after["free"]["abstract"], after
+
+
+def test_a_sandbox_cannot_change_its_namespace_s_settings(engine) -> None:
+    """What the reuse check does not read (netns.py): the namespace's sysctls, addresses and
+    routes. The code cannot change them: each try is refused."""
+    code = """
+import errno, json, fcntl, socket, struct
+out = {}
+tries = (("ipv4/ip_unprivileged_port_start", "0"), ("ipv4/ping_group_range", "0 2147483647"),
+         ("ipv4/ip_local_port_range", "40000 40001"), ("core/somaxconn", "1"))
+for name, value in tries:
+    try:
+        with open(f"/proc/sys/net/{name}", "w") as f:
+            f.write(value)
+        out[name] = "written"
+    except OSError as e:
+        out[name] = errno.errorcode[e.errno]
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    try:  # SIOCSIFFLAGS: take lo down
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", 0))
+        out["lo down"] = "done"
+    except OSError as e:
+        out["lo down"] = errno.errorcode[e.errno]
+print(json.dumps(out))
+"""
+    out = py_json(engine, code)
+    assert "written" not in out.values() and out["lo down"] == "EPERM", out
+    assert all(v in ("EACCES", "EPERM", "EROFS") for v in out.values()), out
