@@ -56,7 +56,7 @@ class Cloner:
     early: deque[Reply] = field(default_factory=deque)  # replies read while a send waited
 
     @classmethod
-    def start(cls, spec: child.ChildSpec, flags: int, pristine: netns.Reading) -> Cloner:
+    def start(cls, spec: child.ChildSpec, flags: int, pristine: netns.Matcher) -> Cloner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = os.fork()
@@ -136,7 +136,7 @@ class Cloner:
         os.close(self.pidfd)
 
 
-def _serve(sock: socket.socket, spec: child.ChildSpec, flags: int, pristine: netns.Reading) -> None:
+def _serve(sock: socket.socket, spec: child.ChildSpec, flags: int, pristine: netns.Matcher) -> None:
     """The cloner's loop. Kept to a few lines on purpose: every page it writes between two
     clones costs it a copy-on-write fault at the next one."""
     status = 0
@@ -179,11 +179,11 @@ class _Clones:
     reads as new. To read it, this thread enters it; it comes home after the clone, which
     stays in it."""
 
-    def __init__(self, flags: int, home: int, pristine: netns.Reading) -> None:
+    def __init__(self, flags: int, home: int, pristine: netns.Matcher) -> None:
         self.new = libc.Clone(flags | libc.CLONE_PARENT)
         self.into = libc.Clone((flags & ~libc.CLONE_NEWNET) | libc.CLONE_PARENT)
         self.home = home
-        self.want = netns.matcher(pristine)
+        self.pristine = pristine
         self.buf = bytearray(netns.BUF)
 
     def __call__(self, kept: int) -> Reply:
@@ -201,7 +201,7 @@ class _Clones:
         except OSError:
             return False
         try:
-            if netns.reads_as_new(self.want, self.buf):
+            if netns.reads_as_new(self.pristine, self.buf):
                 return True
         except OSError:
             pass

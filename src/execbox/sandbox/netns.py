@@ -49,29 +49,22 @@ BUF = 16384  # a new namespace's files are 4 KiB at most
 KEEP = 32
 
 
-Reading = tuple[bytes, ...]  # one per file of _OBSERVED, as read
 Matcher = tuple["bytes | re.Pattern[bytes]", ...]  # one per file of _OBSERVED
 
 
-def observe() -> Reading:
-    """This thread's network namespace as a sandbox would read it."""
-    buf = bytearray(BUF)
-    return tuple(bytes(buf[: _read(path, buf)]) for path in _PATHS)
-
-
-def matcher(pristine: Reading) -> Matcher:
-    """What reads_as_new compares with: each file's pristine bytes; sockstat's as a pattern
-    in which its host-wide numbers may be anything."""
-    sock = re.escape(pristine[_PATHS.index(_SOCKSTAT)])
+def _matcher(raw: list[bytes]) -> Matcher:
+    """Each file's bytes as a new namespace reads them; sockstat's as a pattern in which its
+    host-wide numbers may be anything."""
+    sock = re.escape(raw[_PATHS.index(_SOCKSTAT)])
     sock = re.sub(rb"\b(used|orphan|alloc|mem)\\ \d+", rb"\1\\ \\d+", sock)
     return tuple(
-        re.compile(sock) if path == _SOCKSTAT else raw
-        for path, raw in zip(_PATHS, pristine, strict=True)
+        re.compile(sock) if path == _SOCKSTAT else data
+        for path, data in zip(_PATHS, raw, strict=True)
     )
 
 
 def reads_as_new(want: Matcher, buf: bytearray) -> bool:
-    """Whether this thread's namespace reads as `want` (matcher). File by file into `buf`,
+    """Whether this thread's namespace reads as `want` (pristine). File by file into `buf`,
     which the cloner allocates once, compared in place: every page the cloner's loop writes
     is a copy-on-write fault after each clone, and a page more of the last sandbox's own
     (reading into new bytes and normalising them cost ~50 more faults per clone)."""
@@ -101,13 +94,15 @@ def _bring_up_lo() -> None:
         fcntl.ioctl(s, _SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | _IFF_UP))
 
 
-def pristine(home: int) -> Reading:
-    """A namespace just made, with `lo` up, as a sandbox reads it: made for this and torn
-    down. `home` is an fd of the caller's own namespace, to which it returns."""
+def pristine(home: int) -> Matcher:
+    """A namespace just made, with `lo` up, as a sandbox reads it (what reads_as_new
+    compares with): made for this and torn down. `home` is an fd of the caller's own
+    namespace, to which it returns."""
     libc.unshare(libc.CLONE_NEWNET)
     try:
         _bring_up_lo()
-        return observe()
+        buf = bytearray(BUF)
+        return _matcher([bytes(buf[: _read(path, buf)]) for path in _PATHS])
     finally:
         libc.setns(home, libc.CLONE_NEWNET)  # failing here is a bug: it raises
 
@@ -119,7 +114,7 @@ class NetnsPool:
     it can be used)."""
 
     home: int  # an fd of the zygote's own namespace, to which it always returns
-    pristine: Reading  # what the cloner compares a kept namespace with
+    pristine: Matcher  # what the cloner compares a kept namespace with
     keep: int = KEEP
     free: list[int] = field(default_factory=list)
 
