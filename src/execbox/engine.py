@@ -20,7 +20,7 @@ from typing import Any
 from execbox import runtimes
 from execbox.config import Settings
 from execbox.jobs import Job, Outcome, Status, Timings, Usage
-from execbox.sandbox import reaper
+from execbox.sandbox import mounts, reaper
 from execbox.sandbox.cgroups import CgroupDriver
 from execbox.sandbox.pipes import read_capped, write_all
 from execbox.sandbox.supervisor import Lease, Supervisor, ZygoteError, ZygoteLaunch
@@ -162,7 +162,7 @@ class Engine:
     def _prestart(self, runtime: str) -> list[str] | None:
         """The interpreter a pooled sandbox starts while it waits for a job."""
         if runtime == "node":
-            return [self.paths.node, "-e", runtimes.NODE_PRELUDE]
+            return [self.paths.node, "-e", runtimes.NODE_PRELUDE, mounts.WARM_MODULE]
         if runtime == "bash":
             return [self.paths.bash, "--noprofile", "--norc", "-c", runtimes.BASH_PRELUDE]
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from execbox.jobs import Job, Status
+from execbox.sandbox import mounts
 
 from ..conftest import make_limits
 
@@ -71,7 +72,7 @@ def test_prestarted_node_behaves_like_a_fresh_node(engine) -> None:
         " main: require.main === module, fds: fs.readdirSync('/proc/self/fd').length,"
         " cache: Object.keys(require.cache), children: module.children.length}));"
         # the warm-up's module is in the read-only root, and what it looked up there too
-        "for (const p of ['/.execbox/warm.js', '/.execbox/package.json', '/package.json'])"
+        f"for (const p of ['{mounts.WARM_MODULE}', '/.execbox/package.json', '/package.json'])"
         " try { fs.writeFileSync(p, '{\"type\": \"module\"}'); console.log('wrote', p); }"
         " catch (e) { console.log(e.code); }"
     )

@@ -18,6 +18,7 @@ import time
 
 from execbox import runtimes
 from execbox.jobs import Job, Status
+from execbox.sandbox import mounts
 
 from .conftest import proc_status, session_id
 
@@ -151,10 +152,11 @@ def test_node_says_its_exit_code_before_its_teardown_and_a_forged_one_ends_only_
         assert out.exit_code == 6, (forged, out)
 
 
-def _prelude(tmp_path, script: str) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
+def _prelude(tmp_path, script: str, warm: str | None = None) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
     """Run node_prelude.js on the host, as a pooled sandbox starts it (result channel on
-    fd 3, the job on fd 4, the end pipe on fd 5), with `script` as the job's main file.
-    (exit code, what came out of the end pipe)."""
+    fd 3, the job on fd 4, the end pipe on fd 5), with `script` as the job's main file and
+    `warm` as the module it loads while it waits, if any. (exit code, what came out of the
+    end pipe)."""
     main = tmp_path / "main.js"
     main.write_text(script)
     res_r, res_w = os.pipe()
@@ -168,7 +170,7 @@ def _prelude(tmp_path, script: str) -> tuple[int, bytes]:  # type: ignore[no-unt
     node = shutil.which("node", path="/usr/local/bin:/usr/bin:/bin")
     assert node is not None
     proc = subprocess.Popen(
-        [node, "-e", runtimes.NODE_PRELUDE],
+        [node, "-e", runtimes.NODE_PRELUDE, *([warm] if warm else [])],
         preexec_fn=arrange,
         close_fds=False,  # it would close 3-5 after arrange(); the pipes are not inheritable
         stdout=subprocess.DEVNULL,
@@ -201,6 +203,19 @@ def test_node_code_that_takes_fd_5_gets_nothing_written_there(tmp_path) -> None:
     )
     assert _prelude(tmp_path, script) == (2, b"")
     assert mine.read_bytes() == b""
+
+
+def test_node_loads_its_warm_module_while_it_waits_and_the_job_never_sees_it(
+    tmp_path, engine
+) -> None:
+    # the engine gives the prestarted node the empty module of the read-only root
+    assert engine.engine._prestart("node")[-1] == mounts.WARM_MODULE
+    warm, marker = tmp_path / "warm.js", tmp_path / "loaded"
+    warm.write_text(f"require('fs').writeFileSync({str(marker)!r}, 'yes');")
+    # the job's exit code: how many modules are in its cache (its own main only)
+    script = "process.exitCode = Object.keys(require.cache).length;"
+    assert _prelude(tmp_path, script, str(warm)) == (1, b"1\n")
+    assert marker.read_text() == "yes"
 
 
 def test_node_uncaught_error_keeps_node_s_own_report(engine) -> None:

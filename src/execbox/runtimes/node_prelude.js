@@ -18,7 +18,7 @@ const Module = require('module');
 void process.stdout;
 void process.stderr;
 try {
-  const warm = '/.execbox/warm.js';
+  const warm = process.argv[1]; // mounts.WARM_MODULE, given by the engine
   Module._load(warm, null, false);
   delete Module._cache[warm];
   const { Writable } = require('stream');
