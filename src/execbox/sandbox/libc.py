@@ -12,6 +12,8 @@ import ctypes.util
 import os
 import threading
 
+from execbox.sandbox import kernfiles
+
 # Calls through `_libc` release the GIL; `_pylibc` keeps it, which matters for the raw
 # clone() below: the child must not race another thread for the interpreter state.
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -203,8 +205,10 @@ class _CapData(ctypes.Structure):
 
 def cap_last_cap() -> int:
     """The highest capability this kernel knows."""
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        return int(f.read())
+    text = kernfiles.read("/proc/sys/kernel/cap_last_cap")
+    if text is None:
+        raise OSError("cannot read /proc/sys/kernel/cap_last_cap")
+    return int(text)
 
 
 def drop_all_capabilities_bounding(last_cap: int) -> None:

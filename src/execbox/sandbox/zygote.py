@@ -299,11 +299,9 @@ class Zygote:
         known = {box.pid for box in self.live.values()}
         if self.cloner is not None:
             known.add(self.cloner.pid)
-        try:
-            with open(f"/proc/self/task/{os.getpid()}/children") as f:
-                kids = [int(p) for p in f.read().split()]
-        except OSError:
-            kids = []  # no CONFIG_PROC_CHILDREN: left to the zygote's exit
+        # None without CONFIG_PROC_CHILDREN: strays are left to the zygote's exit
+        text = kernfiles.read(f"/proc/self/task/{os.getpid()}/children") or ""
+        kids = [int(p) for p in text.split()]
         pending = False
         for pid in kids:
             if pid not in known:
