@@ -65,6 +65,12 @@ class EngineRunner:
         self.thread.join(5)
 
 
+def nice_of(pid: int) -> int:
+    """A process's (main thread's) nice value, from the host's /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
 def make_limits(**kw: object) -> Limits:
     return dataclasses.replace(Limits(wall_time_s=20, cpu_time_s=20), **kw)  # type: ignore[arg-type]
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 from execbox.jobs import Job, Status
-from execbox.sandbox import mounts
+from execbox.sandbox import libc, mounts
+from execbox.sandbox import zygote as zygote_mod
 
-from ..conftest import make_limits
+from ..conftest import make_limits, nice_of
 
 
 def test_pooled_sandboxes_are_never_reused(engine) -> None:
@@ -172,23 +173,32 @@ def test_prestarted_node_exits_as_a_fresh_node_would(engine) -> None:
             assert out.stderr.rstrip().split(b"\n")[-1].startswith(b"Node.js v"), out.stderr
 
 
-SCHED_OTHER = 0
-
-
 def test_jobs_run_at_normal_priority(engine) -> None:
-    # a sandbox is put in the idle class only for its teardown, after its end was reported:
-    # the job in it, and an interpreter started ahead of time, run in the normal class
+    # a sandbox is put in the idle class only for its teardown, after its end was reported,
+    # and an interpreter started ahead of time waits at zygote.WARMUP_NICE: the job in it
+    # runs in the normal class at nice 0, from a ready sandbox or from one taken while it
+    # was still starting (threads: node's own, started during its warm-up)
+    stat = "/proc/self/task/*/stat"
     programs = {
-        "python": "import os; print(os.sched_getscheduler(0))",
-        "node": "console.log(require('fs').readFileSync('/proc/self/stat', 'utf8')"
-        ".split(')').pop().trim().split(' ')[38])",
-        "bash": "cut -d')' -f2 /proc/$$/stat | cut -d' ' -f40",
+        "python": "import os; print(os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))",
+        "node": "const fs = require('fs'); const t = '/proc/self/task/';"
+        "const f = fs.readdirSync(t).map(p => fs.readFileSync(t + p + '/stat', 'utf8')"
+        ".split(')').pop().trim().split(' '));"
+        "console.log(f.length > 1, [...new Set(f.map(x => x[38] + ' ' + x[16]))].join())",
+        "bash": f"cat {stat} | cut -d')' -f2 | cut -d' ' -f18,40 | sort -u",
     }
+    # the scheduling policy and the nice of every thread (bash prints nice first)
+    expect = {"python": b"0 0", "node": b"true 0 0", "bash": b"0 0"}
     for runtime, code in programs.items():
         engine.run(Job(runtime=runtime, code=code))
         time.sleep(0.3)  # the pool refills: the next one is a pooled sandbox
         out = engine.run(Job(runtime=runtime, code=code))
-        assert out.pool_hit and out.stdout.strip() == str(SCHED_OTHER).encode(), (runtime, out)
+        assert out.pool_hit and out.stdout.strip() == expect[runtime], (runtime, out)
+        burst = engine.many([Job(runtime=runtime, code=code) for _ in range(8)])
+        assert not all(o.pool_hit for o in burst), "no sandbox was taken while starting"
+        for o in burst:
+            assert o.status is Status.SUCCESS and o.stdout.strip() == expect[runtime], o
+        time.sleep(0.3)
 
 
 def test_pool_target_follows_the_take_rate_not_the_sandboxes_in_flight() -> None:
@@ -238,6 +248,7 @@ def test_a_node_sandbox_is_ready_only_once_node_waits_for_the_job(engine) -> Non
     zygote = sup.proc.pid
     engine.run(Job(runtime="node", code="console.log(1)"))  # the pool refills from here
     checked = 0
+    warmup_nice = zygote_mod.WARMUP_NICE if libc.has_capability(libc.CAP_SYS_NICE) else 0
     deadline = time.monotonic() + 0.5
     while time.monotonic() < deadline:
         with open(f"/proc/{zygote}/task/{zygote}/children") as f:
@@ -249,6 +260,8 @@ def test_a_node_sandbox_is_ready_only_once_node_waits_for_the_job(engine) -> Non
                 with open(f"/proc/{init}/task/{init}/children") as f:
                     node = int(f.read().split()[0])
                 assert _syscall(node)[:2] == ["0", "0x4"], _syscall(node)
+                # its start gave way to running jobs (where the zygote can undo a nice)
+                assert nice_of(init) == nice_of(node) == warmup_nice, (nice_of(init), nice_of(node))
                 checked += 1
             except (FileNotFoundError, ProcessLookupError, IndexError):
                 continue  # gone meanwhile

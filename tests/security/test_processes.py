@@ -13,7 +13,7 @@ import pytest
 
 from execbox.jobs import Job, Status
 
-from ..conftest import make_limits
+from ..conftest import make_limits, nice_of
 from .conftest import cmdlines_containing
 
 
@@ -133,3 +133,47 @@ def test_double_forked_daemons_die_with_the_execution(engine, runtime: str) -> N
     assert (out.status, out.stdout) == (Status.SUCCESS, b"daemonized\n"), out
     assert seen, "the daemons never ran: the test would prove nothing"
     assert left == [], f"daemons outlived the execution: {left}"
+
+
+def test_the_sandbox_is_its_own_process_group_and_cannot_raise_its_priority(engine) -> None:
+    """Its init leads a process group of its own, so a signal or a priority sent to "my
+    group" stays inside; and no process of it can go below nice 0."""
+    zygote = engine.engine.zygotes["python"].proc.pid
+    before = nice_of(zygote)
+    out = engine.py(
+        """
+import errno, json, os
+res = {"sid": os.getsid(0), "pgid": os.getpgid(0), "pid": os.getpid()}
+os.setpriority(os.PRIO_PGRP, 0, 19)  # the whole group: only the sandbox's own processes
+res["niced"] = os.getpriority(os.PRIO_PROCESS, 0)
+for how in ("back", "below", "nice"):
+    try:
+        if how == "nice":
+            os.nice(-1)
+        else:
+            os.setpriority(os.PRIO_PROCESS, 0, 0 if how == "back" else -5)
+        res[how] = "done"
+    except OSError as exc:
+        res[how] = errno.errorcode[exc.errno]
+res["after"] = os.getpriority(os.PRIO_PROCESS, 0)
+print(json.dumps(res))
+"""
+    )
+    assert out.status is Status.SUCCESS, out.stderr
+    res = json.loads(out.stdout)
+    # its session's leader is outside its pid namespace (0); a session of its own would
+    # cost a scheduler autogroup per sandbox
+    assert (res["sid"], res["pgid"], res["pid"]) == (0, 1, 1), res
+    assert (res["niced"], res["after"]) == (19, 19), res
+    assert {res["back"], res["below"], res["nice"]} <= {"EACCES", "EPERM"}, res
+    assert nice_of(zygote) == before == 0  # the group it reniced did not include the zygote
+    node = engine.run(
+        Job(
+            runtime="node",
+            code="const os = require('os');"
+            "try { os.setPriority(-1); console.log('raised'); } catch (e) { console.log(e.code); }"
+            "console.log(os.getPriority());",
+        )
+    )
+    assert node.status is Status.SUCCESS, node.stderr
+    assert node.stdout.split() == [b"ERR_SYSTEM_ERROR", b"0"], node.stdout

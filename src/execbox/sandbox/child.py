@@ -87,6 +87,11 @@ def setup(spec: ChildSpec) -> None:
     """Turn this freshly cloned process into a sealed sandbox. Raises on any failure.
     (Its cgroup was joined before, and its loopback is brought up by the zygote.)"""
     libc.unshare(CLONE_NEWCGROUP)  # after the cgroup attach, so our cgroup is its root
+    # a process group of its own: a signal or priority sent to "my group" (kill(0),
+    # PRIO_PGRP 0) covers this sandbox, not the zygote's group of all sandboxes. Not a
+    # session: with autogroup scheduling, setsid() costs a scheduler group per sandbox and
+    # makes each sandbox weigh as much as the whole server (measured: +0.5 ms p50 in bench)
+    os.setpgid(0, 0)
     mounts.enter_root(spec.root, spec.tmp_bytes, spec.work_bytes, spec.workspace)
     libc.sethostname(spec.hostname)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -23,6 +23,7 @@ _libc.pthread_self.restype = ctypes.c_ulong
 # x86_64 syscall numbers (the only ABI execbox supports; seccomp refuses the others).
 SYS_clone = 56
 SYS_pivot_root = 155
+SYS_capget = 125
 SYS_capset = 126
 SYS_seccomp = 317
 SYS_close_range = 436
@@ -60,6 +61,7 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
+CAP_SYS_NICE = 23
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -209,6 +211,14 @@ def cap_last_cap() -> int:
     if text is None:
         raise OSError("cannot read /proc/sys/kernel/cap_last_cap")
     return int(text)
+
+
+def has_capability(cap: int) -> bool:
+    """Whether this process holds `cap` in its effective set."""
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)()
+    _check(_libc.syscall(SYS_capget, ctypes.byref(header), ctypes.byref(data)), "capget")
+    return bool(data[cap // 32].effective >> (cap % 32) & 1)
 
 
 def drop_all_capabilities_bounding(last_cap: int) -> None:
