@@ -131,17 +131,22 @@ class Executions:
         self, exec_id: str, dialect: str, job: Job, status: str, callback_url: str | None
     ) -> tuple[dict[str, Any], bool]:
         return await self.store.call(
-            lambda: self.store.create_execution(
-                exec_id,
-                dialect=dialect,
-                runtime=job.runtime,
-                request=job_to_dict(job, self.caps),
-                session_id=job.session,
-                status=status,
-                retention_s=self.caps.retention_s,
-                callback_url=callback_url,
-                node=self.node,
-            )
+            lambda: self._create_sync(exec_id, dialect, job, status, callback_url)
+        )
+
+    def _create_sync(
+        self, exec_id: str, dialect: str, job: Job, status: str, callback_url: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        return self.store.create_execution(
+            exec_id,
+            dialect=dialect,
+            runtime=job.runtime,
+            request=job_to_dict(job, self.caps),
+            session_id=job.session,
+            status=status,
+            retention_s=self.caps.retention_s,
+            callback_url=callback_url,
+            node=self.node,
         )
 
     async def run(
@@ -156,13 +161,16 @@ class Executions:
 
     async def record_only(self, exec_id: str, dialect: str, job: Job, outcome: Outcome) -> None:
         """Record an execution that already ran (dialects without ids of their own), off
-        the request's path."""
+        the request's path: one call to the store (it has no callback to look up), not the
+        three of a create, a finish and a read."""
+        result = outcome_to_dict(outcome, self.caps.max_output_bytes)
+        status = record_status(outcome)
 
-        async def write() -> None:
-            await self._create(exec_id, dialect, job, "running", None)
-            await self._finish(exec_id, outcome)
+        def write() -> None:
+            self._create_sync(exec_id, dialect, job, "running", None)
+            self.store.update_execution(exec_id, status=status, result=result)
 
-        self._background.spawn(write())
+        self._background.spawn(self.store.call(write))
 
     async def submit(
         self, exec_id: str, dialect: str, job: Job, callback_url: str | None

@@ -35,6 +35,22 @@ def test_zeroboot_exit_code_status_and_usage(client: TestClient) -> None:
     assert r.json()["stdout"] == "\ufffd"
 
 
+def test_executions_of_dialects_without_ids_are_recorded_finished(client: TestClient) -> None:
+    """ZeroBoot and Faber have no execution ids of their own: each run is still recorded,
+    off the request's path, with its outcome."""
+    r = client.post("/v1/exec", json={"code": "print('recorded')"})
+    assert r.status_code == 200, r.text
+    exec_id = r.json()["id"]
+    store = client.app.state.executions.store  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 5
+    while (rec := store.get_execution(exec_id)) is None or rec["status"] == "running":
+        assert time.monotonic() < deadline, rec
+        time.sleep(0.01)
+    assert (rec["dialect"], rec["runtime"], rec["status"]) == ("zeroboot", "python", "completed")
+    assert rec["result"]["stdout"] == "recorded\n", rec
+    assert rec["request"]["code"] == "print('recorded')" and rec["finished_at"], rec
+
+
 def test_zeroboot_timeout(client: TestClient) -> None:
     r = client.post(
         "/v1/exec", json={"code": "print('a', flush=True)\nwhile True: pass", "timeout_seconds": 1}
