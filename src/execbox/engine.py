@@ -385,10 +385,11 @@ class Engine:
                 lease.kill()
 
         cap = limits.output_bytes
+        stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         readers = asyncio.gather(
-            read_capped(lease.stdout_fd, cap, over_cap),
-            read_capped(lease.stderr_fd, cap, over_cap),
-            read_capped(lease.result_fd, max(cap, RESULT_CAP), lambda: None),
+            read_capped(lease.stdout_fd, cap, over_cap, stop),
+            read_capped(lease.stderr_fd, cap, over_cap, stop),
+            read_capped(lease.result_fd, max(cap, RESULT_CAP), lambda: None, stop),
         )
         readers.add_done_callback(_retrieve)  # cancelled on some paths: nothing to log then
         feed = asyncio.ensure_future(self._feed(lease, payload, runtimes.stdin_for(job)))
@@ -412,9 +413,18 @@ class Engine:
         feed.cancel()
         # every writer is gone once pid 1 of the namespace has been reaped
         try:
-            captured = Captured(*await asyncio.wait_for(readers, EXIT_GRACE_S))
+            captured = Captured(*await asyncio.wait_for(asyncio.shield(readers), EXIT_GRACE_S))
         except TimeoutError:
-            return self._lost(job, lease, timings, "sandbox output did not close")
+            if not exit_msg.get("early"):
+                readers.cancel()
+                return self._lost(job, lease, timings, "sandbox output did not close")
+            # The program ended and said so before its sandbox's teardown (in the idle
+            # class): a process it left (a fork bomb's hundreds) can hold a pipe until the
+            # teardown reaches it. What it writes after the program's end is not the job's;
+            # what is in the pipes now is the answer.
+            log.warning("job %s in sandbox %s: output still open after its end", job.id, lease.sid)
+            stop.set_result(None)
+            captured = Captured(*await readers)
         return self._outcome(job, exit_msg, reason.get("kill"), captured, timings, wall_ns, lease)
 
     async def _feed(self, lease: Lease, payload: dict[str, Any], stdin: bytes) -> None:

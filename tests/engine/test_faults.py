@@ -72,3 +72,38 @@ def test_no_process_or_cgroup_left_after_executions(engine) -> None:
                 owners.append(os.stat(f"/proc/{p}").st_uid)
     in_range = [u for u in owners if uid_lo <= u < uid_hi]
     assert len(in_range) <= sup.launch.pool_size, in_range
+
+
+def test_output_held_open_past_the_programs_end_still_gets_its_answer(engine) -> None:
+    """A program that ended and said so (before its sandbox's teardown) gets its answer
+    even if something still holds its stdout: what a fork bomb's hundreds of processes
+    do while the teardown, in the idle class, reaches them. Here the holder is this test,
+    with the pipe reopened from the engine's end, so the hold is certain."""
+    sup = engine.engine.zygotes["python"]
+    held: list[int] = []
+    done = threading.Event()
+
+    def hold() -> None:
+        deadline = time.monotonic() + 5
+        while not held and time.monotonic() < deadline and not done.is_set():
+            for lease in list(sup._leases.values()):
+                with contextlib.suppress(OSError):
+                    held.append(os.open(f"/proc/self/fd/{lease.stdout_fd}", os.O_WRONLY))
+            time.sleep(0.005)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        t0 = time.monotonic()
+        out = engine.py("import time\nprint('kept', flush=True)\ntime.sleep(0.5)")
+        elapsed = time.monotonic() - t0
+        done.set()
+        holder.join()
+        assert held, "the test could not take hold of the sandbox's stdout"
+        assert out.status is Status.SUCCESS and out.stdout == b"kept\n", out
+        assert elapsed < 4, elapsed  # the end, plus the grace for the pipes to close
+    finally:
+        done.set()
+        holder.join()
+        for fd in held:
+            os.close(fd)

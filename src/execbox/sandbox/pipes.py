@@ -10,22 +10,29 @@ from collections.abc import Callable
 CHUNK = 1 << 16
 
 
-async def read_capped(fd: int, cap: int, on_over: Callable[[], None]) -> tuple[bytes, bool]:
+async def read_capped(
+    fd: int,
+    cap: int,
+    on_over: Callable[[], None],
+    stop: asyncio.Future[None] | None = None,
+) -> tuple[bytes, bool]:
     """Read until EOF, keeping at most `cap` bytes. Calls `on_over` once when the cap is
-    passed, then keeps draining (and discarding) so the writer is never blocked forever."""
+    passed, then keeps draining (and discarding) so the writer is never blocked forever.
+    Once `stop` is done, it takes what is in the pipe now and returns without the EOF."""
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
     buf = bytearray()
     over = False
     done: asyncio.Future[None] = loop.create_future()
 
-    def readable() -> None:
+    def drain() -> bool:
+        """Read what is there; True at EOF (or a broken pipe)."""
         nonlocal over
         try:
             while True:
                 chunk = os.read(fd, CHUNK)
                 if not chunk:
-                    break
+                    return True
                 room = cap - len(buf)
                 if len(chunk) > room:
                     buf.extend(chunk[: max(room, 0)])
@@ -35,19 +42,34 @@ async def read_capped(fd: int, cap: int, on_over: Callable[[], None]) -> tuple[b
                 else:
                     buf.extend(chunk)
         except BlockingIOError:
-            return
+            return False
         except OSError:
-            pass
+            return True
+
+    def finish() -> None:
         loop.remove_reader(fd)
         if not done.done():
             done.set_result(None)
 
+    def readable() -> None:
+        if drain():
+            finish()
+
+    def stopped(_: asyncio.Future[None]) -> None:
+        if not done.done():
+            drain()
+            finish()
+
     loop.add_reader(fd, readable)
+    if stop is not None:
+        stop.add_done_callback(stopped)
     try:
         await done
     finally:
         with contextlib.suppress(Exception):
             loop.remove_reader(fd)
+        if stop is not None:
+            stop.remove_done_callback(stopped)
     return bytes(buf), over
 
 
