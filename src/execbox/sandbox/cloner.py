@@ -77,9 +77,9 @@ class Cloner:
 
         The send never blocks for good: while the cloner's side is full (it is itself
         waiting to send replies this loop has not read), the replies are read here."""
+        kind, sent = (b"N", [*fds, netns]) if netns >= 0 else (b"C", list(fds))
         while True:
             try:
-                kind, sent = (b"N", [*fds, netns]) if netns >= 0 else (b"C", list(fds))
                 socket.send_fds(self.sock, [kind], sent, socket.MSG_DONTWAIT)
                 return
             except BlockingIOError:

@@ -197,6 +197,9 @@ class _CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
 
+_CAP_VERSION_3 = 0x20080522  # _LINUX_CAPABILITY_VERSION_3: two _CapData, 64 capabilities
+
+
 class _CapData(ctypes.Structure):
     _fields_ = [
         ("effective", ctypes.c_uint32),
@@ -215,7 +218,7 @@ def cap_last_cap() -> int:
 
 def has_capability(cap: int) -> bool:
     """Whether this process holds `cap` in its effective set."""
-    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    header = _CapHeader(_CAP_VERSION_3, 0)
     data = (_CapData * 2)()
     _check(_libc.syscall(SYS_capget, ctypes.byref(header), ctypes.byref(data)), "capget")
     return bool(data[cap // 32].effective >> (cap % 32) & 1)
@@ -236,7 +239,7 @@ def clear_capability_sets() -> None:
     A uid change only clears them when the old uid was the namespace's root; ours is
     unmapped (it is the zygote's), so they are cleared explicitly.
     """
-    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    header = _CapHeader(_CAP_VERSION_3, 0)
     data = (_CapData * 2)()
     _check(_libc.syscall(SYS_capset, ctypes.byref(header), ctypes.byref(data)), "capset")
 

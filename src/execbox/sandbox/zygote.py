@@ -73,7 +73,6 @@ class ZygoteConfig:
     default_memory_bytes: int
     default_pids: int
     prestart: list[str] | None = None
-    warmup_nice: bool = False  # set by main(): prestart, and the zygote can undo a nice
 
 
 @dataclass
@@ -116,6 +115,7 @@ class Zygote:
     spec: child.ChildSpec  # what the cloner's sandboxes start from
     netns: NetnsPool  # untouched network namespaces, for the next clones
     cloner: Cloner | None = None  # started by serve(); None while one cannot be forked
+    warmup_nice: bool = False  # prestart runs at WARMUP_NICE: the zygote can undo a nice
     sel: selectors.DefaultSelector = field(default_factory=selectors.DefaultSelector)
     free_uids: deque[int] = field(default_factory=deque)
     live: dict[str, Sandbox] = field(default_factory=dict)
@@ -264,7 +264,7 @@ class Zygote:
             kernfiles.write(f"/proc/{pid}/gid_map", f"{mounts.SANDBOX_GID} {box.uid} 1\n")
             if box.netns < 0:
                 box.netns = self.netns.adopt(pid)
-            if self.cfg.warmup_nice and not box.taken:  # before the go: all it starts inherits it
+            if self.warmup_nice and not box.taken:  # before the go: all it starts inherits it
                 os.setpriority(os.PRIO_PROCESS, pid, WARMUP_NICE)
             os.write(box.sync_w, b"G" + (box.session["dir"].encode() if box.session else b""))
         except OSError as exc:
@@ -385,7 +385,7 @@ class Zygote:
         """A taken sandbox at normal priority, before any code of the job can run: its init
         (before its setpgid), and its whole process group (the init, the interpreter it
         started and their threads) after. One still being cloned is never niced (finish)."""
-        if not self.cfg.warmup_nice or box.pid <= 0:
+        if not self.warmup_nice or box.pid <= 0:
             return
         with contextlib.suppress(ProcessLookupError):  # no such group before its setpgid
             os.setpriority(os.PRIO_PROCESS, box.pid, 0)
@@ -743,7 +743,6 @@ def _read_io(pid: int) -> dict[str, int] | None:
 
 def main() -> None:
     cfg = ZygoteConfig(**json.loads(sys.argv[1]))
-    cfg.warmup_nice = bool(cfg.prestart) and libc.has_capability(libc.CAP_SYS_NICE)
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     _raise_fd_limit()
     sock = socket.socket(fileno=cfg.sock_fd)
@@ -786,7 +785,8 @@ def main() -> None:
     )
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     home_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    z = Zygote(cfg, sock, driver, spec, NetnsPool.create(home_netns))
+    warmup_nice = bool(cfg.prestart) and libc.has_capability(libc.CAP_SYS_NICE)
+    z = Zygote(cfg, sock, driver, spec, NetnsPool.create(home_netns), warmup_nice=warmup_nice)
     z.free_uids.extend(range(cfg.uid_base, cfg.uid_base + cfg.uid_count))
     z.serve()
 
