@@ -9,15 +9,17 @@ from __future__ import annotations
 import base64
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from execbox import callbacks
 from execbox.background import Background
 from execbox.engine import Engine
 from execbox.jobs import Job, Limits, Outcome, Status
-from execbox.store.sqlite import Store
+from execbox.record_writer import RecordWriter
+from execbox.store.sqlite import FinishedRecord, Store
 
 if TYPE_CHECKING:
     from execbox.cluster.queue import JobQueue
@@ -64,7 +66,7 @@ def job_to_dict(job: Job, caps: RecordCaps) -> dict[str, Any]:
         "files": {k: base64.b64encode(v).decode() for k, v in job.files.items()},
         "env": job.env,
         "stdin": base64.b64encode(job.stdin).decode(),
-        "limits": asdict(job.limits),
+        "limits": job.limits.as_dict(),
         "session": job.session,
         "event": job.event,
         "handler": job.handler,
@@ -99,8 +101,8 @@ def outcome_to_dict(outcome: Outcome, cap: int) -> dict[str, Any]:
         "stderr": text(outcome.stderr),
         "stdout_truncated": outcome.stdout_truncated or len(outcome.stdout) > cap,
         "stderr_truncated": outcome.stderr_truncated or len(outcome.stderr) > cap,
-        "usage": asdict(outcome.usage),
-        "timings": asdict(outcome.timings),
+        "usage": outcome.usage.as_dict(),
+        "timings": outcome.timings.as_dict(),
         "exceeded": sorted(outcome.exceeded),
         "error": outcome.error,
         "return_value": outcome.return_value,
@@ -126,6 +128,7 @@ class Executions:
         self.node = node
         self.queue = queue  # cluster mode: async work goes through the shared queue
         self._background = Background(log, "background execution work")
+        self._writer = RecordWriter(store, self._background)
 
     async def _create(
         self, exec_id: str, dialect: str, job: Job, status: str, callback_url: str | None
@@ -159,18 +162,25 @@ class Executions:
         outcome = await self.engine.run(dataclasses.replace(job, id=exec_id))
         return outcome, await self._finish(exec_id, outcome)
 
-    async def record_only(self, exec_id: str, dialect: str, job: Job, outcome: Outcome) -> None:
-        """Record an execution that already ran (dialects without ids of their own), off
-        the request's path: one call to the store (it has no callback to look up), not the
-        three of a create, a finish and a read."""
-        result = outcome_to_dict(outcome, self.caps.max_output_bytes)
-        status = record_status(outcome)
-
-        def write() -> None:
-            self._create_sync(exec_id, dialect, job, "running", None)
-            self.store.update_execution(exec_id, status=status, result=result)
-
-        self._background.spawn(self.store.call(write))
+    def record_only(self, exec_id: str, dialect: str, job: Job, outcome: Outcome) -> None:
+        """Record an execution that already ran (dialects without ids of their own): it is
+        written after the answer, in a batch (record_writer.py)."""
+        end = time.time()
+        self._writer.add(
+            FinishedRecord(
+                id=exec_id,
+                dialect=dialect,
+                runtime=job.runtime,
+                session_id=job.session,
+                request=job_to_dict(job, self.caps),
+                status=record_status(outcome),
+                result=outcome_to_dict(outcome, self.caps.max_output_bytes),
+                started_at=end - outcome.timings.total_ms / 1000,
+                finished_at=end,
+                retention_s=self.caps.retention_s,
+                node=self.node,
+            )
+        )
 
     async def submit(
         self, exec_id: str, dialect: str, job: Job, callback_url: str | None

@@ -14,7 +14,7 @@ from execbox.api.errors import ApiError
 from execbox.api.ratelimit import RateLimiter
 from execbox.cluster.link import RedisDown, RedisLink
 from execbox.cluster.records import ClusterRecords, RedisRecords
-from execbox.store.sqlite import Store
+from execbox.store.sqlite import FinishedRecord, Store
 from tests.cluster.conftest import Redis, free_port
 
 
@@ -93,6 +93,37 @@ def test_without_redis_records_stay_on_the_node_and_move_when_it_is_back(
         assert local.get_execution(exec_id) is None
         moved = RedisRecords(link, "other").get_execution(exec_id)
         assert moved is not None and moved["result"] == {"stdout": "x"}
+    finally:
+        dead.close()
+        local.close()
+
+
+def test_finished_runs_go_to_redis_or_stay_on_the_node_while_it_is_down(
+    link: RedisLink, tmp_path
+) -> None:
+    local = Store(tmp_path / "local.db")
+    dead = RedisLink(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    now = time.time()
+
+    def finished(i: str) -> FinishedRecord:
+        return FinishedRecord(
+            id=i, dialect="zeroboot", runtime="python", session_id=None,
+            request={"code": "print(1)"}, status="completed", result={"stdout": "1\n"},
+            started_at=now - 1, finished_at=now, retention_s=60, node="n",
+        )  # fmt: skip
+
+    try:
+        up, down = f"up-{uuid.uuid4().hex[:8]}", f"down-{uuid.uuid4().hex[:8]}"
+        ClusterRecords(RedisRecords(link, "n"), local).record_finished([finished(up)])
+        there = RedisRecords(link, "other").get_execution(up)
+        assert there is not None and there["status"] == "completed"
+        assert there["result"] == {"stdout": "1\n"} and local.get_execution(up) is None
+        ClusterRecords(RedisRecords(dead, "n"), local).record_finished([finished(down)])
+        here = local.get_execution(down)
+        assert here is not None and here["status"] == "completed"
+        assert ClusterRecords(RedisRecords(link, "n"), local).sync_back() == 1
+        moved = RedisRecords(link, "other").get_execution(down)
+        assert moved is not None and moved["result"] == {"stdout": "1\n"}
     finally:
         dead.close()
         local.close()

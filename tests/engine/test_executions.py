@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+import sqlite3
 import time
 
 import pytest
 
 from execbox.callbacks import CallbackPolicy
 from execbox.executions import Executions, RecordCaps, job_to_dict
-from execbox.jobs import Job
+from execbox.jobs import Job, Outcome, Status, Timings
+from execbox.store.sqlite import FinishedRecord, Store
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +70,48 @@ def test_recovery_reruns_pending_and_interrupts_running(engine, ex) -> None:
     assert engine.store.get_execution(pending)["result"]["stdout"] == "recovered\n"
     rec = engine.store.get_execution(running)
     assert rec["status"] == "interrupted" and "may already have had effects" in rec["error"]
+
+
+def test_runs_without_ids_are_recorded_after_the_answer_in_batches(
+    engine, ex, tmp_path, caplog
+) -> None:
+    """ZeroBoot and Faber runs: the record is written once the caller's step is over (the
+    answer has gone), with every record that came meanwhile, in one store call; a batch the
+    store refuses is logged, and the next one is written."""
+    store = Store(tmp_path / "batches.db")
+    batches: list[list[str]] = []
+    insert = store.record_finished
+
+    def record_finished(records: list[FinishedRecord]) -> None:
+        batches.append([r.id for r in records])
+        if len(batches) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        insert(records)
+
+    store.record_finished = record_finished  # type: ignore[method-assign]
+    writer = Executions(engine.engine, store, ex.caps, CallbackPolicy())
+    job = Job(runtime="python", code="print('x')")
+    outcome = Outcome(Status.SUCCESS, exit_code=0, stdout=b"x\n", timings=Timings(total_ms=250))
+    lost, kept = [eid() for _ in range(4)], [eid() for _ in range(6)]
+
+    async def scenario() -> list[list[str]]:
+        for i in lost:
+            writer.record_only(i, "zeroboot", job, outcome)
+        written_before_the_answer = list(batches)
+        await writer.drain()
+        for i in kept:
+            writer.record_only(i, "faber", job, outcome)
+        await writer.drain()
+        return written_before_the_answer
+
+    with caplog.at_level(logging.ERROR, logger="execbox.records"):
+        assert engine.call(scenario()) == []
+    assert batches == [lost, kept]
+    assert "4 execution records could not be written" in caplog.text
+    assert all(store.get_execution(i) is None for i in lost)
+    for i in kept:
+        rec = store.get_execution(i)
+        assert rec is not None and (rec["dialect"], rec["status"]) == ("faber", "completed")
+        assert rec["result"]["stdout"] == "x\n" and rec["request"]["code"] == "print('x')"
+        assert abs(rec["finished_at"] - rec["started_at"] - 0.25) < 1e-3
+    store.close()

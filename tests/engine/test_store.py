@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from execbox.store.sqlite import MIGRATIONS, Store
+from execbox.store.sqlite import MIGRATIONS, FinishedRecord, Store
 
 
 def test_store_is_a_wal_file_with_migrations(tmp_path) -> None:
@@ -51,3 +51,40 @@ def test_records_expire_after_retention(tmp_path) -> None:
     assert store.expire(now=time.time()) == 0
     assert store.expire(now=time.time() + 5) == 1
     assert store.get_execution("old") is None
+
+
+def test_finished_runs_are_inserted_whole_in_one_transaction(tmp_path) -> None:
+    store = Store(tmp_path / "x.db")
+    store.create_execution(
+        "kept", dialect="executor", runtime="python", request={"code": "1"}, session_id=None,
+        status="completed", retention_s=60,
+    )  # fmt: skip
+    now = time.time()
+
+    def finished(i: str, status: str = "completed") -> FinishedRecord:
+        return FinishedRecord(
+            id=i, dialect="zeroboot", runtime="python", session_id=None,
+            request={"code": f"print({i!r})"}, status=status, result={"stdout": i},
+            started_at=now - 0.5, finished_at=now, retention_s=60, node="n1",
+        )  # fmt: skip
+
+    commits = []
+    store._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    store.record_finished([finished("a"), finished("b", "timeout"), finished("kept")])
+    store._db.set_trace_callback(None)
+    assert len(commits) == 1, commits
+    a, b = store.get_execution("a"), store.get_execution("b")
+    assert a is not None and b is not None
+    assert (a["dialect"], a["status"], a["result"], a["node"]) == (
+        "zeroboot",
+        "completed",
+        {"stdout": "a"},
+        "n1",
+    )
+    assert a["request"] == {"code": "print('a')"} and b["status"] == "timeout"
+    assert a["created_at"] == a["started_at"] == now - 0.5 and a["finished_at"] == now
+    assert a["expires_at"] == now + 60
+    # an id already recorded keeps its record
+    kept = store.get_execution("kept")
+    assert kept is not None and kept["dialect"] == "executor" and kept["result"] is None
+    store.close()

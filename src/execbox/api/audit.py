@@ -6,7 +6,6 @@ import hashlib
 import json
 import threading
 import time
-from dataclasses import asdict
 from typing import Any
 
 from execbox.api.auth import Identity
@@ -34,7 +33,7 @@ class AuditLog:
             "code_sha256": hashlib.sha256(code.encode()).hexdigest(),
             "code_head": code[:200],
             "status": outcome.status.value,
-            "timings": asdict(outcome.timings),
+            "timings": outcome.timings.as_dict(),
         }
         line = json.dumps(entry) + "\n"
         with self._lock, open(self.path, "a") as f:

@@ -121,7 +121,7 @@ async def run(request: Request, dialect: Dialect, job: Job) -> Outcome:
     except InvalidJob as exc:
         raise ApiError(400, str(exc), dialect) from None
     audit(request, dialect, job, outcome)
-    await executions(request).record_only(job.id, dialect, job, outcome)
+    executions(request).record_only(job.id, dialect, job, outcome)
     return outcome
 
 

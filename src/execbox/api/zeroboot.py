@@ -172,7 +172,7 @@ def render(job: Job, outcome: Outcome) -> dict[str, Any]:
         "exec_time_ms": round(t.exec_ms, 3),
         "total_time_ms": round(t.total_ms, 3),
         "status": outcome.status.value,
-        "usage": dataclasses.asdict(outcome.usage),
+        "usage": outcome.usage.as_dict(),
     }
     if outcome.status is Status.INTERNAL_ERROR:
         body["error"] = outcome.error or "internal error"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from execbox.cluster.link import PREFIX, RedisDown, RedisLink
-from execbox.store.sqlite import FINAL_STATUSES, Store
+from execbox.store.sqlite import FINAL_STATUSES, FinishedRecord, Store
 
 T = TypeVar("T")
 log = logging.getLogger("execbox.cluster")
@@ -290,6 +290,17 @@ class ClusterRecords:
             self.local.update_execution(exec_id, **kw)
         if kw.get("status") in FINAL_STATUSES:
             self._inflight.pop(exec_id, None)
+
+    def record_finished(self, records: list[FinishedRecord]) -> None:
+        """Executions that already ran: each made and finished as a run of its own is, so
+        that one recorded while Redis is down stays on this node until it is back."""
+        for r in records:
+            self.create_execution(
+                r.id, dialect=r.dialect, runtime=r.runtime, request=r.request,
+                session_id=r.session_id, status="running", retention_s=r.retention_s,
+                node=r.node,
+            )  # fmt: skip
+            self.update_execution(r.id, status=r.status, result=r.result)
 
     def get_execution(self, exec_id: str) -> dict[str, Any] | None:
         if exec_id in self._local_ids:
