@@ -99,6 +99,7 @@ class Sandbox:
     channel: bytes = b""
     fds_peak: int = 0
     fds_hit: bool = False
+    sampled_cpu_ns: int | None = None  # its cpu usage at its last sampling
     nofile: int | None = None
     session: dict[str, Any] | None = None
     sync_w: int = -1  # while it is being cloned: its go, once its pid is known
@@ -601,15 +602,25 @@ class Zygote:
                 return
 
     def _sample(self, box: Sandbox) -> None:
+        used = box.cgroup.cpu_usage_ns()
+        # a sandbox that has not run since its last sampling has not forked nor opened
+        # anything either: its peaks stand, and one read was its sampling (a thousand
+        # sleepers cost this loop a dozen syscalls each before)
+        if used is not None and used == box.sampled_cpu_ns:
+            return
+        box.sampled_cpu_ns = used
         cur = box.cgroup.pids_current()
         if cur is not None and cur > box.pids_peak:
             box.pids_peak = cur
         self._sample_fds(box)
-        if box.cpu_limit_ns and not box.cpu_killed:
-            used = box.cgroup.cpu_usage_ns()
-            if used is not None and used >= box.cpu_limit_ns:
-                box.cpu_killed = True
-                self.kill(box)
+        if (
+            box.cpu_limit_ns
+            and not box.cpu_killed
+            and used is not None
+            and used >= box.cpu_limit_ns
+        ):
+            box.cpu_killed = True
+            self.kill(box)
 
     def _sample_fds(self, box: Sandbox) -> None:
         """The open-fd count of the sandbox's processes (RLIMIT_NOFILE is per process):
