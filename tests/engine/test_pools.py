@@ -71,7 +71,10 @@ def test_prestarted_node_behaves_like_a_fresh_node(engine) -> None:
         "console.log(JSON.stringify({cwd: process.cwd(), argv: process.argv.slice(1),"
         " env: process.env.GREETING, keys: Object.keys(process.env).includes('HOME'),"
         " main: require.main === module, fds: fs.readdirSync('/proc/self/fd').length,"
-        " cache: Object.keys(require.cache), children: module.children.length}));"
+        " cache: Object.keys(require.cache), children: module.children.length,"
+        # the warm-up's empty writes on the real stdio: nothing written, nothing queued
+        " written: [process.stdout.bytesWritten, process.stdout.writableLength,"
+        " process.stderr.bytesWritten, process.stderr.writableLength]}));"
         # the warm-up's module is in the read-only root, and what it looked up there too
         f"for (const p of ['{mounts.WARM_MODULE}', '/.execbox/package.json', '/package.json'])"
         " try { fs.writeFileSync(p, '{\"type\": \"module\"}'); console.log('wrote', p); }"
@@ -87,6 +90,9 @@ def test_prestarted_node_behaves_like_a_fresh_node(engine) -> None:
         # the module the prelude loaded to warm node's loader left no trace in the job's
         assert res["cache"] == ["/tmp/.execbox/main.js"] and res["children"] == 0, res
         assert writes == ["EROFS"] * 3, writes
+        assert res["written"] == [0, 0, 0, 0], res
+        silent = engine.run(Job(runtime="node", code="let quiet = true"))
+        assert (silent.stdout, silent.stderr, silent.exit_code) == (b"", b"", 0), silent
         time.sleep(0.1)
 
 
