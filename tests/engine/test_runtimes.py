@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from execbox.jobs import Job, Status
@@ -110,6 +112,16 @@ def test_command_with_args_files_env_and_stdin(engine) -> None:
     out = engine.run(job)
     assert out.status is Status.SUCCESS, out.stderr
     assert out.stdout == b"['--name', 'world'] hello\nfrom a file from stdin\n"
+
+
+def test_a_command_is_looked_up_in_the_jobs_path(engine) -> None:
+    argv = ["python", "-c", "import os; print(os.environ['PATH'])"]
+    path = os.path.dirname(engine.engine.settings.runtime_python)  # where its python is
+    found = engine.run(Job(runtime="command", argv=argv, env={"PATH": path}))
+    assert (found.exit_code, found.stdout) == (0, path.encode() + b"\n"), found.stderr
+    # not the sandbox's own default, nor the C library's when there is none
+    lost = engine.run(Job(runtime="command", argv=argv, env={"PATH": "/nowhere"}))
+    assert lost.exit_code == 127 and b"python" in lost.stderr, (lost.exit_code, lost.stderr)
 
 
 def test_command_not_found_is_127(engine) -> None:
