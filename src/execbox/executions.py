@@ -134,22 +134,17 @@ class Executions:
         self, exec_id: str, dialect: str, job: Job, status: str, callback_url: str | None
     ) -> tuple[dict[str, Any], bool]:
         return await self.store.call(
-            lambda: self._create_sync(exec_id, dialect, job, status, callback_url)
-        )
-
-    def _create_sync(
-        self, exec_id: str, dialect: str, job: Job, status: str, callback_url: str | None
-    ) -> tuple[dict[str, Any], bool]:
-        return self.store.create_execution(
-            exec_id,
-            dialect=dialect,
-            runtime=job.runtime,
-            request=job_to_dict(job, self.caps),
-            session_id=job.session,
-            status=status,
-            retention_s=self.caps.retention_s,
-            callback_url=callback_url,
-            node=self.node,
+            lambda: self.store.create_execution(
+                exec_id,
+                dialect=dialect,
+                runtime=job.runtime,
+                request=job_to_dict(job, self.caps),
+                session_id=job.session,
+                status=status,
+                retention_s=self.caps.retention_s,
+                callback_url=callback_url,
+                node=self.node,
+            )
         )
 
     async def run(

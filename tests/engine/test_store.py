@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
+
+import pytest
 
 from execbox.store.sqlite import MIGRATIONS, FinishedRecord, Store
 
@@ -87,4 +90,11 @@ def test_finished_runs_are_inserted_whole_in_one_transaction(tmp_path) -> None:
     # an id already recorded keeps its record
     kept = store.get_execution("kept")
     assert kept is not None and kept["dialect"] == "executor" and kept["result"] is None
+    # a batch is all or nothing: a row SQLite cannot take undoes the rows before it
+    unbindable = dataclasses.replace(finished("y"), node=["not", "a", "value"])  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.Error):
+        store.record_finished([finished("x"), unbindable])
+    assert store.get_execution("x") is None and store.get_execution("y") is None
+    store.record_finished([finished("x")])  # and the store goes on
+    assert store.get_execution("x") is not None
     store.close()

@@ -7,11 +7,12 @@ the event loop never waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,17 +120,24 @@ class Store:
             for version, sql in enumerate(MIGRATIONS, start=1):
                 if version <= current:
                     continue
-                self._db.execute("BEGIN")
-                try:
+                with self._transaction():
                     for stmt in sql.split(";"):
                         if stmt.strip():
                             self._db.execute(stmt)
                     self._db.execute("INSERT INTO schema_version VALUES (?)", (version,))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
             return len(MIGRATIONS)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction (the connection autocommits otherwise); the caller holds the
+        lock."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     # ---- executions ----------------------------------------------------------------------
 
@@ -182,19 +190,13 @@ class Store:
              r.finished_at + r.retention_s)
             for r in records
         ]  # fmt: skip
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO executions (id, session_id, dialect, runtime, status,"
-                    " request, result, node, created_at, started_at, finished_at, expires_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO executions (id, session_id, dialect, runtime, status,"
+                " request, result, node, created_at, started_at, finished_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def update_execution(
         self,
