@@ -159,10 +159,10 @@ class Executions:
 
     def record_only(self, exec_id: str, dialect: str, job: Job, outcome: Outcome) -> None:
         """Record an execution that already ran (dialects without ids of their own): it is
-        written after the answer, in a batch (record_writer.py)."""
+        made and written after the answer, in a batch (record_writer.py)."""
         end = time.time()
         self._writer.add(
-            FinishedRecord(
+            lambda: FinishedRecord(
                 id=exec_id,
                 dialect=dialect,
                 runtime=job.runtime,

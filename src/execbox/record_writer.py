@@ -1,17 +1,20 @@
 """The records of executions that already ran (ZeroBoot and Faber, which have no ids of
-their own), written after the answer and in batches.
+their own), made and written after the answer, in batches.
 
-A run's record is handed over as the run ends; it is written once the answer has gone,
-together with every record that arrived meanwhile: one hop to the store's thread and one
-transaction per batch. Before, each run cost a wake-up of that thread, four statements and
-two commits, and the thread then competed with the event loop for the interpreter. Under
-load the batches grow by themselves; when idle, a record waits at most BATCH_WAIT_S.
+A run's record is handed over as the run ends, as a function that makes it: it is made (the
+request and the outcome turned into what is stored, the output decoded) once the answer has
+gone, and written together with every record that arrived meanwhile: one hop to the store's
+thread and one transaction per batch. Before, each run cost a wake-up of that thread, four
+statements and two commits, and the thread then competed with the event loop for the
+interpreter. Under load the batches grow by themselves; when idle, a record waits at most
+BATCH_WAIT_S.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from execbox.background import Background
@@ -31,11 +34,11 @@ class RecordWriter:
     def __init__(self, store: Store | ClusterRecords, background: Background) -> None:
         self.store = store
         self.background = background
-        self.pending: list[FinishedRecord] = []
+        self.pending: list[Callable[[], FinishedRecord]] = []
         self.writing = False
 
-    def add(self, record: FinishedRecord) -> None:
-        self.pending.append(record)
+    def add(self, make: Callable[[], FinishedRecord]) -> None:
+        self.pending.append(make)
         if not self.writing:
             self.writing = True
             self.background.spawn(self._write())
@@ -44,7 +47,8 @@ class RecordWriter:
         try:
             await asyncio.sleep(BATCH_WAIT_S)
             while self.pending:
-                batch, self.pending = self.pending, []
+                batch = [make() for make in self.pending]
+                self.pending = []
                 try:
                     await self.store.call(self.store.record_finished, batch)
                 except Exception as exc:  # a full disk, say: the answers were given

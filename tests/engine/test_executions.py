@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from execbox import executions
 from execbox.callbacks import CallbackPolicy
 from execbox.executions import Executions, RecordCaps, job_to_dict
 from execbox.jobs import Job, Outcome, Status, Timings
@@ -73,11 +74,11 @@ def test_recovery_reruns_pending_and_interrupts_running(engine, ex) -> None:
 
 
 def test_runs_without_ids_are_recorded_after_the_answer_in_batches(
-    engine, ex, tmp_path, caplog
+    engine, ex, tmp_path, caplog, monkeypatch
 ) -> None:
-    """ZeroBoot and Faber runs: the record is written once the caller's step is over (the
-    answer has gone), with every record that came meanwhile, in one store call; a batch the
-    store refuses is logged, and the next one is written."""
+    """ZeroBoot and Faber runs: the record is made and written once the caller's step is
+    over (the answer has gone), with every record that came meanwhile, in one store call; a
+    batch the store refuses is logged, and the next one is written."""
     store = Store(tmp_path / "batches.db")
     batches: list[list[str]] = []
     insert = store.record_finished
@@ -89,23 +90,29 @@ def test_runs_without_ids_are_recorded_after_the_answer_in_batches(
         insert(records)
 
     store.record_finished = record_finished  # type: ignore[method-assign]
+    made: list[Outcome] = []  # outcomes turned into records (their output decoded)
+    to_dict = executions.outcome_to_dict
+    monkeypatch.setattr(
+        executions, "outcome_to_dict", lambda o, cap: made.append(o) or to_dict(o, cap)
+    )
     writer = Executions(engine.engine, store, ex.caps, CallbackPolicy())
     job = Job(runtime="python", code="print('x')")
     outcome = Outcome(Status.SUCCESS, exit_code=0, stdout=b"x\n", timings=Timings(total_ms=250))
     lost, kept = [eid() for _ in range(4)], [eid() for _ in range(6)]
 
-    async def scenario() -> list[list[str]]:
+    async def scenario() -> tuple[list[list[str]], int]:
         for i in lost:
             writer.record_only(i, "zeroboot", job, outcome)
-        written_before_the_answer = list(batches)
+        before_the_answer = (list(batches), len(made))
         await writer.drain()
         for i in kept:
             writer.record_only(i, "faber", job, outcome)
         await writer.drain()
-        return written_before_the_answer
+        return before_the_answer
 
     with caplog.at_level(logging.ERROR, logger="execbox.records"):
-        assert engine.call(scenario()) == []
+        assert engine.call(scenario()) == ([], 0)
+    assert len(made) == 10
     assert batches == [lost, kept]
     assert "4 execution records could not be written" in caplog.text
     assert all(store.get_execution(i) is None for i in lost)
