@@ -218,10 +218,17 @@ def cap_last_cap() -> int:
 
 def has_capability(cap: int) -> bool:
     """Whether this process holds `cap` in its effective set."""
+    data = _capabilities(SYS_capget, "capget")
+    return bool(data[cap // 32].effective >> (cap % 32) & 1)
+
+
+def _capabilities(nr: int, name: str) -> ctypes.Array[_CapData]:
+    """capget or capset (`nr`) of this thread's sets, as the two words of each; capset
+    sets them all empty."""
     header = _CapHeader(_CAP_VERSION_3, 0)
     data = (_CapData * 2)()
-    _check(_libc.syscall(SYS_capget, ctypes.byref(header), ctypes.byref(data)), "capget")
-    return bool(data[cap // 32].effective >> (cap % 32) & 1)
+    _check(_libc.syscall(nr, ctypes.byref(header), ctypes.byref(data)), name)
+    return data
 
 
 def drop_all_capabilities_bounding(last_cap: int) -> None:
@@ -239,9 +246,7 @@ def clear_capability_sets() -> None:
     A uid change only clears them when the old uid was the namespace's root; ours is
     unmapped (it is the zygote's), so they are cleared explicitly.
     """
-    header = _CapHeader(_CAP_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _check(_libc.syscall(SYS_capset, ctypes.byref(header), ctypes.byref(data)), "capset")
+    _capabilities(SYS_capset, "capset")
 
 
 class _SockFprog(ctypes.Structure):

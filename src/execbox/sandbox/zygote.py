@@ -609,18 +609,14 @@ class Zygote:
         if used is not None and used == box.sampled_cpu_ns:
             return
         box.sampled_cpu_ns = used
+        over = used is not None and bool(box.cpu_limit_ns) and used >= box.cpu_limit_ns
+        if over and not box.cpu_killed:
+            box.cpu_killed = True
+            self.kill(box)
         cur = box.cgroup.pids_current()
         if cur is not None and cur > box.pids_peak:
             box.pids_peak = cur
         self._sample_fds(box)
-        if (
-            box.cpu_limit_ns
-            and not box.cpu_killed
-            and used is not None
-            and used >= box.cpu_limit_ns
-        ):
-            box.cpu_killed = True
-            self.kill(box)
 
     def _sample_fds(self, box: Sandbox) -> None:
         """The open-fd count of the sandbox's processes (RLIMIT_NOFILE is per process):
