@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
 from collections.abc import Iterator
 
@@ -78,3 +80,148 @@ def test_the_slot_comes_back_even_when_the_engine_gave_up_waiting_for_the_end(he
     lease.exited.cancel()
     sup._dispatch({"op": "exit", "sid": "a", "early": False}, [])
     assert lease.gone.done() and "a" not in sup._leases
+
+
+# ---- offers: ready sandboxes sent ahead, claimed without a round trip ----
+
+
+def _sandbox_fds() -> list[int]:
+    """Six fds standing for a sandbox's job, stdin, stdout, stderr, result and pidfd."""
+    fds: list[int] = []
+    for _ in range(3):
+        fds.extend(os.pipe())
+    return fds
+
+
+def _closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+POOL_LIMITS = {"memory_bytes": 256 << 20, "pids": 64, "cpu_limit_ns": 10**9, "fds": 64}
+
+
+@pytest.fixture
+def offering() -> Iterator[tuple[Supervisor, socket.socket, list[int]]]:
+    """A supervisor with one sandbox offered ("s1"), and the zygote's end of its socket."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    theirs.settimeout(1.0)
+    launch = ZygoteLaunch("python", "", "", [], 0, 1, "", 1, [], 1, 1, 256 << 20, 64)
+    sup = Supervisor(launch)
+    sup.sock, sup.ready = ours, True
+    fds = _sandbox_fds()
+    sup._dispatch({"op": "offer", "sid": "s1", "pid": 42, "setup_ms": 3.0, "pool": 1}, fds)
+    try:
+        yield sup, theirs, fds
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        ours.close()
+        theirs.close()
+
+
+def test_an_offered_sandbox_is_claimed_without_waiting_for_the_zygote(offering) -> None:
+    sup, theirs, fds = offering
+
+    async def main() -> Lease:
+        # nothing answers on the zygote's side: the take must not wait for it
+        return await asyncio.wait_for(sup.take(dict(POOL_LIMITS)), 1.0)
+
+    lease = asyncio.run(main())
+    assert (lease.sid, lease.pid, lease.pool_hit) == ("s1", 42, True)
+    assert [lease.job_fd, lease.stdin_fd, lease.stdout_fd] == fds[:3]
+    assert [lease.stderr_fd, lease.result_fd, lease.pidfd] == fds[3:]
+    msg, _ = protocol.recv(theirs)
+    assert msg == {"op": "claim", "sid": "s1", "limits": POOL_LIMITS}
+    assert not sup._offers and sup._leases["s1"] is lease and sup.stats["hits"] == 1
+    assert sup.refill_ms == [3.0]
+
+
+def test_other_limits_take_the_offered_sandbox_by_name_and_wait_for_them(offering) -> None:
+    sup, theirs, fds = offering
+
+    async def main() -> Lease:
+        limits = {**POOL_LIMITS, "memory_bytes": 64 << 20}
+        asyncio.get_running_loop().add_reader(sup.sock.fileno(), sup._on_readable)
+        task = asyncio.ensure_future(sup.take(limits))
+        await asyncio.sleep(0.01)
+        assert not task.done(), "it must wait until the zygote has set the limits"
+        msg, _ = protocol.recv(theirs)
+        assert (msg["op"], msg["sid"], msg["limits"]) == ("take", "s1", limits)
+        reply = {"op": "sandbox", "req": msg["req"], "sid": "s1", "pid": 42}
+        protocol.send(theirs, {**reply, "pool_hit": True, "take_ms": 0.1, "pool": 0})
+        return await asyncio.wait_for(task, 1.0)
+
+    lease = asyncio.run(main())
+    assert lease.sid == "s1" and lease.job_fd == fds[0] and lease.pidfd == fds[5]
+    assert lease.pool_hit and not sup._offers and sup._leases["s1"] is lease
+
+
+def test_a_claim_is_never_queued_behind_other_messages(offering) -> None:
+    # the zygote must read a claim before the sandbox's end: a claim waiting in the queue
+    # while the job is written could come after it, so a take by name is queued instead
+    sup, theirs, _fds = offering
+
+    async def main() -> None:
+        sup._outbox.append({"op": "kill", "sid": "x"})
+        asyncio.get_running_loop().add_writer(sup.sock.fileno(), sup._flush)
+        task = asyncio.ensure_future(sup.take(dict(POOL_LIMITS)))
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        first, _ = protocol.recv(theirs)
+        second, _ = protocol.recv(theirs)
+        assert first["op"] == "kill" and (second["op"], second["sid"]) == ("take", "s1")
+        task.cancel()
+
+    asyncio.run(main())
+
+
+def test_an_offer_that_ends_before_its_claim_is_dropped(offering) -> None:
+    sup, _theirs, fds = offering
+    sup._dispatch({"op": "exit", "sid": "s1", "taken": False, "early": False}, [])
+    assert not sup._offers and all(_closed(fd) for fd in fds)
+
+
+def test_a_shrinking_pool_gives_back_its_oldest_offers(offering) -> None:
+    sup, theirs, fds = offering
+    newer = _sandbox_fds()
+    sup._dispatch({"op": "offer", "sid": "s2", "pid": 43, "setup_ms": 3.0, "pool": 2}, newer)
+
+    async def main() -> None:
+        sup.set_pool_size(1)
+
+    asyncio.run(main())
+    msg, _ = protocol.recv(theirs)
+    assert msg == {"op": "pool", "size": 1, "release": ["s1"]}
+    assert list(sup._offers) == ["s2"] and all(_closed(fd) for fd in fds)
+    assert not any(_closed(fd) for fd in newer)
+    sup._teardown()  # a dead zygote's offers are closed with it
+    assert not sup._offers and all(_closed(fd) for fd in newer)
+
+
+def test_the_zygote_reads_every_message_the_engine_sent_before_anything_else() -> None:
+    # serve() handles the engine's socket first in a batch; on_engine must then drain it,
+    # or a claim behind another message could be read after its sandbox's end
+    from execbox.sandbox.zygote import Zygote, ZygoteConfig
+
+    engine_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    zygote_end.setblocking(False)
+    engine_end.settimeout(1.0)
+    cfg = ZygoteConfig("python", zygote_end.fileno(), "", [], 0, 1, "", 1, [], 1, 1, 1, 1)
+    z = Zygote(cfg, zygote_end, None, None, None)  # type: ignore[arg-type]
+    try:
+        for _ in range(3):
+            protocol.send(engine_end, {"op": "ping"})
+        assert z.on_engine() is True
+        for _ in range(3):
+            msg, _ = protocol.recv(engine_end)
+            assert msg == {"op": "pong", "live": 0, "pool": 0}
+        engine_end.close()
+        assert z.on_engine() is False  # the engine has gone
+    finally:
+        zygote_end.close()

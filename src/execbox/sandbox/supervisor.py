@@ -96,6 +96,8 @@ class Supervisor:
     started_at: float = 0.0
     _req: int = 0
     _takes: dict[int, asyncio.Future[TakeReply]] = field(default_factory=dict)
+    # ready sandboxes the zygote sent ahead of any take, oldest first: (its offer, its fds)
+    _offers: dict[str, TakeReply] = field(default_factory=dict)
     _leases: dict[str, Lease] = field(default_factory=dict)
     _dying: dict[str, Lease] = field(default_factory=dict)  # reported, not yet reaped
     _hello: asyncio.Future[dict[str, Any]] | None = None
@@ -149,21 +151,68 @@ class Supervisor:
         self.pool_target = self.launch.pool_size
 
     async def take(self, limits: dict[str, Any], session: dict[str, Any] | None = None) -> Lease:
+        """A sandbox for one job, with these limits. An offered one is claimed without an
+        answer when the pool's cgroup limits are the job's: nothing is left to set before
+        its code runs. With other limits it is taken by name, and the zygote answers once
+        they are set; without an offer, the zygote picks or starts one."""
         if not self.ready or self.sock is None:
             raise ZygoteError(self.last_error or f"{self.runtime} zygote is not running")
+        offer = None
+        if session is None and self._offers:
+            offer = self._offers.pop(next(iter(self._offers)))
+            if self._pool_limits(limits) and self._claim(offer[0]["sid"], limits):
+                return self._lease(*offer, hit=True, take_ms=0.0)
         loop = asyncio.get_running_loop()
         self._req += 1
         req = self._req
         fut: asyncio.Future[TakeReply] = loop.create_future()
         self._takes[req] = fut
+        msg = {"op": "take", "req": req, "limits": limits, "session": session}
+        if offer is not None:
+            msg["sid"] = offer[0]["sid"]
         try:
-            self.send({"op": "take", "req": req, "limits": limits, "session": session})
-        except OSError as exc:
+            self.send(msg)
+            reply, fds = await fut
+        except BaseException as exc:
             self._takes.pop(req, None)
+            _close(offer[1] if offer else [])
+            if isinstance(exc, OSError):
+                raise ZygoteError(f"{self.runtime} zygote unreachable: {exc}") from exc
+            raise
+        if reply["op"] == "error":
+            _close(offer[1] if offer else [])
+            raise ZygoteError(reply["error"])
+        if offer is not None and not fds and reply["sid"] == offer[0]["sid"]:
+            fds = offer[1]  # the zygote took the offered one, whose fds we hold
+        elif offer is not None:
+            _close(offer[1])  # it ended meanwhile: the zygote handed over another
+        return self._lease(reply, fds, hit=reply["pool_hit"], take_ms=reply["take_ms"])
+
+    def _pool_limits(self, limits: dict[str, Any]) -> bool:
+        return (
+            limits.get("memory_bytes") == self.launch.default_memory_bytes
+            and limits.get("pids") == self.launch.default_pids
+            and not limits.get("cpu_bandwidth")
+        )
+
+    def _claim(self, sid: str, limits: dict[str, Any]) -> bool:
+        """Tell the zygote the sandbox is taken, before its job is written: the zygote must
+        read this before the sandbox's end. So only when it goes out now, not queued behind
+        a burst's messages (then the take by name waits for its turn)."""
+        assert self.sock is not None
+        if self._outbox:
+            return False
+        try:
+            protocol.send(self.sock, {"op": "claim", "sid": sid, "limits": limits})
+        except BlockingIOError:
+            return False
+        except OSError as exc:
             raise ZygoteError(f"{self.runtime} zygote unreachable: {exc}") from exc
-        msg, fds = await fut
-        if msg["op"] == "error":
-            raise ZygoteError(msg["error"])
+        self.pool_size = max(0, self.pool_size - 1)
+        return True
+
+    def _lease(self, msg: dict[str, Any], fds: list[int], hit: bool, take_ms: float) -> Lease:
+        loop = asyncio.get_running_loop()
         job_fd, stdin_fd, stdout_fd, stderr_fd, result_fd, pidfd = fds
         lease = Lease(
             sid=msg["sid"],
@@ -174,22 +223,27 @@ class Supervisor:
             stderr_fd=stderr_fd,
             result_fd=result_fd,
             pidfd=pidfd,
-            pool_hit=msg["pool_hit"],
-            take_ms=msg["take_ms"],
+            pool_hit=hit,
+            take_ms=take_ms,
             exited=loop.create_future(),
             gone=loop.create_future(),
         )
-        self.stats["hits" if lease.pool_hit else "misses"] += 1
+        self.stats["hits" if hit else "misses"] += 1
         self.take_times.append(time.monotonic())
         del self.take_times[:-1024]
         self._leases[lease.sid] = lease
         return lease
 
     def set_pool_size(self, size: int) -> None:
+        """A new pool target. Offers beyond it are given back (oldest first): the zygote
+        never withdraws one itself, as the engine could be claiming it."""
         self.pool_target = size
+        release = list(self._offers)[: max(0, len(self._offers) - size)]
+        for sid in release:
+            _close(self._offers.pop(sid)[1])
         if self.sock is not None and self.ready:
             with contextlib.suppress(OSError):
-                self.send({"op": "pool", "size": size})
+                self.send({"op": "pool", "size": size, "release": release})
 
     def send(self, msg: dict[str, Any]) -> None:
         """Send now, or queue in order when the socket is full (a burst of a thousand
@@ -251,7 +305,14 @@ class Supervisor:
             else:
                 for fd in fds:
                     os.close(fd)
+        elif op == "offer":
+            self._offers[msg["sid"]] = (msg, fds)
+            self._refilled(msg["setup_ms"])
+            return  # its fds are kept
         elif op == "exit":
+            offer = self._offers.pop(msg["sid"], None)
+            if offer is not None:  # an offer that ended before any claim
+                _close(offer[1])
             lease = self._leases.pop(msg["sid"], None)
             if lease is not None:
                 # `exited` may be done already (the engine gave up waiting for it); the
@@ -271,13 +332,16 @@ class Supervisor:
                 lease.gone.set_result(None)
         elif op == "ready":
             self.pool_size = msg["pool"]
-            self.refill_ms.append(msg["setup_ms"])
-            del self.refill_ms[:-256]
-            self.fastest_refill_ms = min(self.fastest_refill_ms, msg["setup_ms"])
+            self._refilled(msg["setup_ms"])
         elif op == "log":
             log.log(logging.ERROR if msg.get("level") == "error" else logging.INFO, msg.get("msg"))
         for fd in fds if op not in ("sandbox", "error") else ():
             os.close(fd)
+
+    def _refilled(self, setup_ms: float) -> None:
+        self.refill_ms.append(setup_ms)
+        del self.refill_ms[:-256]
+        self.fastest_refill_ms = min(self.fastest_refill_ms, setup_ms)
 
     def _died(self, why: str) -> None:
         was_ready = self.ready
@@ -320,6 +384,9 @@ class Supervisor:
     def _teardown(self) -> None:
         self.ready = False
         self._outbox.clear()
+        for _msg, fds in self._offers.values():  # its sandboxes die with it
+            _close(fds)
+        self._offers.clear()
         if self.sock is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.sock.fileno())
@@ -350,3 +417,9 @@ class Supervisor:
                     break
                 await asyncio.sleep(0.02)
         self._teardown()
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)

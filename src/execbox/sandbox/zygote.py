@@ -117,10 +117,17 @@ class Zygote:
     netns: NetnsPool  # untouched network namespaces, for the next clones
     cloner: Cloner | None = None  # started by serve(); None while one cannot be forked
     warmup_nice: bool = False  # prestart runs at WARMUP_NICE: the zygote can undo a nice
+    # Ready sandboxes are offered to the engine (their pipes and pidfd sent ahead), which
+    # claims one without waiting for an answer: the take's round trip, two hops between
+    # processes, leaves the request's path. Only where "ready" means idle until the job
+    # (see offers_ready), so that nothing the sandbox does after its counters are reset at
+    # "ready" is billed to the job.
+    offer_ready: bool = False
     sel: selectors.DefaultSelector = field(default_factory=selectors.DefaultSelector)
     free_uids: deque[int] = field(default_factory=deque)
     live: dict[str, Sandbox] = field(default_factory=dict)
-    pool: deque[str] = field(default_factory=deque)  # not yet taken, oldest first
+    pool: deque[str] = field(default_factory=deque)  # not yet taken nor offered, oldest first
+    offered: dict[str, Sandbox] = field(default_factory=dict)  # the engine's to claim
     running: dict[str, Sandbox] = field(default_factory=dict)  # taken and not yet reaped
     cloning: deque[Sandbox] = field(default_factory=deque)  # asked of the cloner, in order
     sample_order: deque[str] = field(default_factory=deque)  # of running, next first
@@ -323,56 +330,53 @@ class Zygote:
     # ---- serving the engine ------------------------------------------------------------
 
     def report(self, msg: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
-        try:
-            protocol.send(self.sock, msg, fds)
-        except (BrokenPipeError, ConnectionResetError):
-            self.engine_gone = True  # the loop shuts down when it sees the socket close
+        """Send to the engine, waiting for room if its socket is full (the socket is
+        non-blocking for the reads: see on_engine)."""
+        while True:
+            try:
+                protocol.send(self.sock, msg, fds)
+                return
+            except BlockingIOError:
+                waiter = select.poll()  # not select(): the zygote's fds go past 1024
+                waiter.register(self.sock, select.POLLOUT)
+                waiter.poll()
+            except (BrokenPipeError, ConnectionResetError):
+                self.engine_gone = True  # the loop shuts down when it sees the socket close
+                return
 
     def take(self, msg: dict[str, Any]) -> None:
+        """Hand the engine a sandbox: the offered one it names (it has its pipes already),
+        else a ready one, else the oldest starting one; its limits are set first."""
         t0 = time.monotonic()
-        # hand over a ready sandbox if there is one; else the oldest starting one
         session = msg.get("session")
-        sid = None if session else next((s for s in self.pool if self.live[s].ready), None)
-        hit = sid is not None
-        if session is not None:
-            try:
-                sid = self.spawn(session).sid
-            except Exception as exc:
-                self.report({"op": "error", "req": msg["req"], "error": str(exc)})
-                return
-        elif sid is None:
-            if not self.pool:
+        box = self.offered.pop(msg.get("sid") or "", None)
+        hit = box is not None
+        if box is None and session is None:
+            sid = next((s for s in self.pool if self.live[s].ready), None)
+            hit = sid is not None
+            if sid is None and not self.pool:
                 try:
                     self.spawn()
                 except Exception as exc:
                     self.report({"op": "error", "req": msg["req"], "error": str(exc)})
                     return
-            sid = self.pool[0]
-        if sid in self.pool:
-            self.pool.remove(sid)
-        box = self.live[sid]
-        box.taken = True
-        self._unnice(box)
-        self.running[sid] = box
-        self.sample_order.appendleft(sid)
+            box = self.live[sid or self.pool[0]]
+            self.pool.remove(box.sid)
+        elif box is None:
+            try:
+                box = self.spawn(session)
+            except Exception as exc:
+                self.report({"op": "error", "req": msg["req"], "error": str(exc)})
+                return
+        lim = msg.get("limits") or {}
         try:
-            lim = msg.get("limits") or {}
-            bw = lim.get("cpu_bandwidth")
-            wanted = CgroupLimits(
-                lim.get("memory_bytes"), lim.get("pids"), tuple(bw) if bw else None
-            )
-            if wanted != box.limits:
-                box.cgroup.set_limits(wanted)
-                box.limits = wanted
+            self._begin(box, lim)
             # what the sandbox used while it waited (an interpreter's start) is not the job's;
             # without a prestart this was done when it became ready, off the request path
             if self.cfg.prestart:
                 box.cgroup.reset_counters()
-            box.cpu_limit_ns = lim.get("cpu_limit_ns")
-            box.nofile = lim.get("fds")
-            box.pids_peak = 1  # the sandbox's own pid 1 exists at hand-over
         except OSError as exc:
-            asked = f"memory {wanted.memory_bytes} bytes, pids {wanted.pids}"
+            asked = f"memory {lim.get('memory_bytes')} bytes, pids {lim.get('pids')}"
             why = f"the kernel refused this sandbox's cgroup limits ({asked}): {exc.strerror}"
             self.report({"op": "error", "req": msg["req"], "error": why})
             self.kill(box)
@@ -381,6 +385,36 @@ class Zygote:
         if box.pidfd >= 0:
             self._hand_over(box)
         # else: once the cloner has answered (finish)
+
+    def claim(self, msg: dict[str, Any]) -> None:
+        """The engine took an offered sandbox and is writing its job already: it runs from
+        now on. No answer: the engine has all it needs. This is read before anything the
+        sandbox says (serve), so its end is never taken for an idle sandbox's. One that
+        ended meanwhile is gone from `offered`; the engine gets its exit report."""
+        box = self.offered.pop(msg.get("sid") or "", None)
+        if box is None:
+            return
+        try:
+            self._begin(box, msg.get("limits") or {})
+        except OSError as exc:  # the engine claims only with the pool's limits: a bug
+            self.report({"op": "log", "level": "error", "msg": f"claim of {box.sid}: {exc}"})
+            self.kill(box)
+
+    def _begin(self, box: Sandbox, lim: dict[str, Any]) -> None:
+        """A taken sandbox: at normal priority, sampled, and with the job's limits (an
+        OSError if the kernel refuses them)."""
+        box.taken = True
+        self._unnice(box)
+        self.running[box.sid] = box
+        self.sample_order.appendleft(box.sid)
+        bw = lim.get("cpu_bandwidth")
+        wanted = CgroupLimits(lim.get("memory_bytes"), lim.get("pids"), tuple(bw) if bw else None)
+        box.cpu_limit_ns = lim.get("cpu_limit_ns")
+        box.nofile = lim.get("fds")
+        box.pids_peak = 1  # the sandbox's own pid 1 exists at hand-over
+        if wanted != box.limits:
+            box.cgroup.set_limits(wanted)
+            box.limits = wanted
 
     def _unnice(self, box: Sandbox) -> None:
         """A taken sandbox at normal priority, before any code of the job can run: its init
@@ -393,8 +427,10 @@ class Zygote:
             os.setpriority(os.PRIO_PGRP, box.pid, 0)
 
     def _hand_over(self, box: Sandbox) -> None:
-        """Give the engine the sandbox a take got: its pipes and pidfd."""
+        """Give the engine the sandbox a take got: its pipes and pidfd, unless it was
+        offered (the engine has them)."""
         assert box.handover is not None
+        fds = [*box.engine_fds, box.pidfd] if box.engine_fds else []
         self.report(
             {
                 "op": "sandbox",
@@ -404,14 +440,38 @@ class Zygote:
                 "pool_hit": box.handover["hit"],
                 "take_ms": (time.monotonic() - box.handover["t0"]) * 1000,
                 "spawn_ms": box.spawn_ms,
-                "pool": len(self.pool),
+                "pool": self.pooled(),
                 "setup_ms": (box.ready_at - box.created) * 1000 if box.ready else None,
+            },
+            fds,
+        )
+        for fd in box.engine_fds:
+            os.close(fd)
+        box.engine_fds = []
+
+    def _offer(self, box: Sandbox) -> None:
+        """Send the engine a ready sandbox's pipes and pidfd ahead of its take. Its warm-up
+        is over: it waits at normal priority, for the job it may get at any moment."""
+        self.pool.remove(box.sid)
+        self.offered[box.sid] = box
+        self._unnice(box)
+        self.report(
+            {
+                "op": "offer",
+                "sid": box.sid,
+                "pid": box.pid,
+                "setup_ms": (box.ready_at - box.created) * 1000,
+                "pool": self.pooled(),
             },
             [*box.engine_fds, box.pidfd],
         )
         for fd in box.engine_fds:
             os.close(fd)
         box.engine_fds = []
+
+    def pooled(self) -> int:
+        """Sandboxes not yet taken: starting, ready, or offered and not yet claimed."""
+        return len(self.pool) + len(self.offered)
 
     def kill(self, box: Sandbox) -> None:
         if box.pidfd < 0:
@@ -448,12 +508,14 @@ class Zygote:
             box.ready = True
             box.ready_at = time.monotonic()
             box.cgroup.reset_counters()  # its setup is not the job's
-            if box.session is None:
+            if box.session is None and not box.taken and self.offer_ready:
+                self._offer(box)
+            elif box.session is None:
                 self.report(
                     {
                         "op": "ready",
                         "setup_ms": (box.ready_at - box.created) * 1000,
-                        "pool": len(self.pool),
+                        "pool": self.pooled(),
                     }
                 )
         elif kind == b"E" and not box.ready:  # setup ends before any code can write here
@@ -532,7 +594,7 @@ class Zygote:
                 "cpu_killed": box.cpu_killed,
                 "fds_peak": box.fds_peak if box.taken and box.fds_peak else None,
                 "fds_hit": box.fds_hit,
-                "pool": len(self.pool),
+                "pool": self.pooled(),
                 "early": ru is None,  # a "reaped" message follows
             }
         )
@@ -541,12 +603,12 @@ class Zygote:
         """Refill when idle, or when the pool runs low. A clone costs the zygote ~2 ms of
         page-table copying, during which it cannot report a finished sandbox; so while
         sandboxes run, it only refills below half the pool."""
-        if not self.free_uids or len(self.pool) >= self.cfg.pool_size:
+        if not self.free_uids or self.pooled() >= self.cfg.pool_size:
             return False
-        return not self.running or len(self.pool) < max(1, self.cfg.pool_size // 2)
+        return not self.running or self.pooled() < max(1, self.cfg.pool_size // 2)
 
     def serve(self) -> None:
-        self.sock.setblocking(True)
+        self.sock.setblocking(False)
         self.sel.register(self.sock, selectors.EVENT_READ, ("engine", ""))
         self._start_cloner()
         self.report({"op": "hello", "pid": os.getpid(), "runtime": self.cfg.runtime})
@@ -568,16 +630,15 @@ class Zygote:
                 if self.wants_refill():
                     self.refill_one()
                 continue
+            # the engine's messages first, all of them: a claim sent before a job was written
+            # must be seen before that sandbox's end, which may be in this same batch
+            events.sort(key=lambda event: event[0].data[0] != "engine")
             for key, _ in events:
                 kind, sid = key.data
                 if kind == "engine":
-                    msg, fds = protocol.recv(self.sock)
-                    for fd in fds:
-                        os.close(fd)
-                    if msg is None:
+                    if not self.on_engine():
                         self.shutdown()
                         return
-                    self.handle(msg)
                 elif kind == "cloner":
                     self.on_cloned()
                 elif sid not in self.live:
@@ -586,6 +647,19 @@ class Zygote:
                     self.on_ready(sid)
                 elif kind == "exit":
                     self.on_exit(sid)
+
+    def on_engine(self) -> bool:
+        """Every message the engine has sent; False once it has gone."""
+        while True:
+            try:
+                msg, fds = protocol.recv(self.sock)
+            except BlockingIOError:
+                return True
+            for fd in fds:
+                os.close(fd)
+            if msg is None:
+                return False
+            self.handle(msg)
 
     def poll(self) -> None:
         """Sample what the kernel does not keep a peak of (v1 has no pids.peak) and enforce
@@ -637,6 +711,7 @@ class Zygote:
         self.running.pop(box.sid, None)
         if box.sid in self.pool:
             self.pool.remove(box.sid)
+        self.offered.pop(box.sid, None)
         for fd in box.engine_fds:
             os.close(fd)
         box.engine_fds = []
@@ -658,26 +733,32 @@ class Zygote:
 
     def handle(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
-        if op == "take":
+        if op == "claim":
+            self.claim(msg)
+        elif op == "take":
             self.take(msg)
         elif op == "kill":
             box = self.live.get(msg.get("sid", ""))
             if box is not None:
                 self.kill(box)
         elif op == "pool":
-            self.resize(int(msg["size"]))
+            self.resize(int(msg["size"]), msg.get("release") or [])
         elif op == "ping":
-            self.report({"op": "pong", "live": len(self.live), "pool": len(self.pool)})
+            self.report({"op": "pong", "live": len(self.live), "pool": self.pooled()})
 
-    def resize(self, size: int) -> None:
-        """New pool target: surplus sandboxes (oldest first) are killed, never reused."""
+    def resize(self, size: int, release: list[str]) -> None:
+        """New pool target: surplus sandboxes are killed, never reused. Offered ones only
+        when the engine releases them (it may be claiming one right now); then starting or
+        ready ones, oldest first."""
         self.cfg.pool_size = max(0, size)
-        while len(self.pool) > self.cfg.pool_size:
-            box = self.live[self.pool.popleft()]
-            box.taken = False
-            self.kill(box)
+        for sid in release:
+            box = self.offered.pop(sid, None)
+            if box is not None:
+                self.kill(box)
+        while self.pool and self.pooled() > self.cfg.pool_size:
+            self.kill(self.live[self.pool.popleft()])
         self.netns.shrink(self.cfg.pool_size)
-        self.report({"op": "resized", "pool": len(self.pool)})
+        self.report({"op": "resized", "pool": self.pooled()})
 
     def shutdown(self) -> None:
         while self.cloning:  # their pids, so they can be reaped; each ends with its go pipe
@@ -722,6 +803,14 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
     except (OSError, ValueError):
         pass  # not root enough: the limit stays, and a spawn past it fails with its reason
+
+
+def offers_ready(cfg: ZygoteConfig) -> bool:
+    """Whether a sandbox that said "ready" is idle until its job, so that it can be offered
+    (its counters were reset then): one with no interpreter started ahead (Python), or one
+    whose interpreter said it waits for the job (node). A warm bash may still be starting
+    after its init's "ready"; its counters are reset when it is taken."""
+    return not cfg.prestart or cfg.runtime == "node"
 
 
 def _done_status(body: bytes, exits_only: bool) -> int | None:
@@ -793,7 +882,15 @@ def main() -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     home_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     warmup_nice = bool(cfg.prestart) and libc.has_capability(libc.CAP_SYS_NICE)
-    z = Zygote(cfg, sock, driver, spec, NetnsPool.create(home_netns), warmup_nice=warmup_nice)
+    z = Zygote(
+        cfg,
+        sock,
+        driver,
+        spec,
+        NetnsPool.create(home_netns),
+        warmup_nice=warmup_nice,
+        offer_ready=offers_ready(cfg),
+    )
     z.free_uids.extend(range(cfg.uid_base, cfg.uid_base + cfg.uid_count))
     z.serve()
 
