@@ -150,3 +150,49 @@ def test_a_cloner_killed_in_the_middle_of_clones_loses_nothing(engine) -> None:
             (o.status, o.error) for o in outs
         ]
     assert sup.restarts == 0
+
+
+def test_requests_never_block_on_a_cloner_that_is_itself_blocked_on_its_replies() -> None:
+    """A burst: the zygote sends many requests before it reads any reply. The cloner, its
+    replies unread, blocks sending one and stops reading requests; a blocking send on the
+    zygote's side then waits forever (it did: socket.send_fds drops MSG_DONTWAIT). Here a
+    thread plays the cloner, one reply per request."""
+    import socket
+    import threading
+
+    from execbox.sandbox.cloner import _REPLY, Cloner
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def cloner() -> None:
+        while True:
+            _msg, fds, _flags, _addr = socket.recv_fds(theirs, 1, 32)
+            if not fds:
+                return
+            for fd in fds:
+                os.close(fd)
+            theirs.send(_REPLY.pack(len(fds), True))
+
+    peer = threading.Thread(target=cloner, daemon=True)
+    peer.start()
+    handle = Cloner(os.getpid(), -1, ours)
+    n = 3000  # far more than either side's socket buffer holds
+    fd = os.open("/dev/null", os.O_RDONLY)
+    sent = threading.Thread(target=lambda: [handle.request((fd,) * 7) for _ in range(n)])
+    try:
+        sent.start()
+        sent.join(30)
+        assert not sent.is_alive(), "the zygote's send blocked: a deadlock with the cloner"
+        got: list = []
+        deadline = time.monotonic() + 10
+        while len(got) < n and time.monotonic() < deadline:
+            replies, gone = handle.replies()
+            got.extend(replies)
+            assert not gone
+            time.sleep(0.01)
+        assert len(got) == n and all(r.pid == 7 for r in got)
+    finally:
+        os.close(fd)
+        ours.close()
+        peer.join(5)
+        theirs.close()

@@ -17,6 +17,7 @@ workspace follows on its sync pipe, with the go once its uid map is written.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
 import select
@@ -80,7 +81,10 @@ class Cloner:
         kind, sent = (b"N", [*fds, netns]) if netns >= 0 else (b"C", list(fds))
         while True:
             try:
-                socket.send_fds(self.sock, [kind], sent, socket.MSG_DONTWAIT)
+                # not socket.send_fds: it drops its flags (Python 3.11), and a blocking send
+                # here deadlocks with a cloner blocked on its replies
+                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", sent))]
+                self.sock.sendmsg([kind], rights, socket.MSG_DONTWAIT)
                 return
             except BlockingIOError:
                 replies, gone = self._read()

@@ -131,6 +131,7 @@ class Zygote:
     running: dict[str, Sandbox] = field(default_factory=dict)  # taken and not yet reaped
     cloning: deque[Sandbox] = field(default_factory=deque)  # asked of the cloner, in order
     sample_order: deque[str] = field(default_factory=deque)  # of running, next first
+    backlog: deque[dict[str, Any]] = field(default_factory=deque)  # takes read, not yet served
     seq: int = 0
     strays: bool = False  # children of a dead cloner's lost replies may wait to be reaped
     engine_gone: bool = False
@@ -618,7 +619,7 @@ class Zygote:
             timeout: float | None = None
             if self.running:
                 timeout = max(0.0, next_poll - time.monotonic())
-            if self.wants_refill():
+            if self.wants_refill() or self.backlog:
                 timeout = 0
             events = self.sel.select(timeout)
             if self.running and time.monotonic() >= next_poll:
@@ -626,10 +627,6 @@ class Zygote:
                 next_poll = time.monotonic() + POLL_S
             if self.strays:
                 self._reap_strays()
-            if not events:
-                if self.wants_refill():
-                    self.refill_one()
-                continue
             # the engine's messages first, all of them: a claim sent before a job was written
             # must be seen before that sandbox's end, which may be in this same batch
             events.sort(key=lambda event: event[0].data[0] != "engine")
@@ -647,9 +644,15 @@ class Zygote:
                     self.on_ready(sid)
                 elif kind == "exit":
                     self.on_exit(sid)
+            if self.backlog:
+                self.take(self.backlog.popleft())
+            elif not events and self.wants_refill():
+                self.refill_one()
 
     def on_engine(self) -> bool:
-        """Every message the engine has sent; False once it has gone."""
+        """Every message the engine has sent; False once it has gone. Takes wait in the
+        backlog, one handled per turn of the loop, between the sandboxes' news: a burst's
+        thousand takes at once would hold up every exit and clone behind them."""
         while True:
             try:
                 msg, fds = protocol.recv(self.sock)
@@ -659,7 +662,10 @@ class Zygote:
                 os.close(fd)
             if msg is None:
                 return False
-            self.handle(msg)
+            if msg.get("op") == "take":
+                self.backlog.append(msg)
+            else:
+                self.handle(msg)
 
     def poll(self) -> None:
         """Sample what the kernel does not keep a peak of (v1 has no pids.peak) and enforce
