@@ -225,3 +225,37 @@ def test_the_zygote_reads_every_message_the_engine_sent_before_anything_else() -
         assert z.on_engine() is False  # the engine has gone
     finally:
         zygote_end.close()
+
+
+def test_a_sandbox_the_pool_let_go_of_is_not_offered_when_it_says_ready() -> None:
+    # a shrink kills a starting sandbox; its "ready" may already be on its way
+    from execbox.sandbox.zygote import Sandbox, Zygote, ZygoteConfig
+
+    class Counters:
+        def reset_counters(self) -> None:
+            pass
+
+    engine_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    engine_end.settimeout(1.0)
+    cfg = ZygoteConfig("python", zygote_end.fileno(), "", [], 0, 1, "", 1, [], 1, 1, 1, 1)
+    z = Zygote(cfg, zygote_end, None, None, None, offer_ready=True)  # type: ignore[arg-type]
+    fds = _sandbox_fds()
+    try:
+        for sid in ("kept", "let-go"):
+            z.live[sid] = Sandbox(sid, 1, fds[5], 1, Counters(), -1, fds[:5], 0.0)  # type: ignore[arg-type]
+        z.pool.append("kept")
+        z._sandbox_message(z.live["let-go"], b"R")
+        msg, got = protocol.recv(engine_end)
+        assert msg is not None and msg["op"] == "ready" and not got and not z.offered
+        z._sandbox_message(z.live["kept"], b"R")
+        msg, got = protocol.recv(engine_end)
+        assert msg is not None and (msg["op"], msg["sid"], len(got)) == ("offer", "kept", 6)
+        assert list(z.offered) == ["kept"] and not z.pool
+        for fd in got:
+            os.close(fd)
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        engine_end.close()
+        zygote_end.close()

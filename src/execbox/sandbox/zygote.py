@@ -509,7 +509,9 @@ class Zygote:
             box.ready = True
             box.ready_at = time.monotonic()
             box.cgroup.reset_counters()  # its setup is not the job's
-            if box.session is None and not box.taken and self.offer_ready:
+            # not one taken while it started, nor one the pool let go of (killed by a
+            # shrink, it may have said ready before it died)
+            if self.offer_ready and box.session is None and box.sid in self.pool:
                 self._offer(box)
             elif box.session is None:
                 self.report(
