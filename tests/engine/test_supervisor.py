@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -11,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from execbox.sandbox import protocol
-from execbox.sandbox.supervisor import Lease, Supervisor, ZygoteLaunch
+from execbox.sandbox.supervisor import Lease, Supervisor, ZygoteLaunch, _close
+from execbox.sandbox.zygote import Sandbox, Zygote, ZygoteConfig
 
 
 def test_a_burst_that_fills_the_socket_is_queued_in_order() -> None:
@@ -118,9 +118,7 @@ def offering() -> Iterator[tuple[Supervisor, socket.socket, list[int]]]:
     try:
         yield sup, theirs, fds
     finally:
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        _close(fds)
         ours.close()
         theirs.close()
 
@@ -204,58 +202,56 @@ def test_a_shrinking_pool_gives_back_its_oldest_offers(offering) -> None:
     assert not sup._offers and all(_closed(fd) for fd in newer)
 
 
-def test_the_zygote_reads_every_message_the_engine_sent_before_anything_else() -> None:
-    # serve() handles the engine's socket first in a batch; on_engine must then drain it,
-    # or a claim behind another message could be read after its sandbox's end
-    from execbox.sandbox.zygote import Zygote, ZygoteConfig
-
+@pytest.fixture
+def zygote() -> Iterator[tuple[Zygote, socket.socket]]:
+    """A zygote with no cgroups, root or cloner, on one end of a socket, and the engine's
+    end; it offers what says ready, as a Python zygote does."""
     engine_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     zygote_end.setblocking(False)
     engine_end.settimeout(1.0)
     cfg = ZygoteConfig("python", zygote_end.fileno(), "", [], 0, 1, "", 1, [], 1, 1, 1, 1)
-    z = Zygote(cfg, zygote_end, None, None, None)  # type: ignore[arg-type]
     try:
-        for _ in range(3):
-            protocol.send(engine_end, {"op": "ping"})
-        assert z.on_engine() is True
-        for _ in range(3):
-            msg, _ = protocol.recv(engine_end)
-            assert msg == {"op": "pong", "live": 0, "pool": 0}
-        engine_end.close()
-        assert z.on_engine() is False  # the engine has gone
+        yield Zygote(cfg, zygote_end, None, None, None, offer_ready=True), engine_end  # type: ignore[arg-type]
     finally:
+        engine_end.close()
         zygote_end.close()
 
 
-def test_a_sandbox_the_pool_let_go_of_is_not_offered_when_it_says_ready() -> None:
-    # a shrink kills a starting sandbox; its "ready" may already be on its way
-    from execbox.sandbox.zygote import Sandbox, Zygote, ZygoteConfig
+def test_the_zygote_reads_every_message_the_engine_sent_before_anything_else(zygote) -> None:
+    # serve() handles the engine's socket first in a batch; on_engine must then drain it,
+    # or a claim behind another message could be read after its sandbox's end
+    z, engine_end = zygote
+    for _ in range(3):
+        protocol.send(engine_end, {"op": "ping"})
+    assert z.on_engine() is True
+    for _ in range(3):
+        msg, _ = protocol.recv(engine_end)
+        assert msg == {"op": "pong", "live": 0, "pool": 0}
+    engine_end.close()
+    assert z.on_engine() is False  # the engine has gone
 
+
+def test_a_sandbox_the_pool_let_go_of_is_not_offered_when_it_says_ready(zygote) -> None:
+    # a shrink kills a starting sandbox; its "ready" may already be on its way
     class Counters:
         def reset_counters(self) -> None:
             pass
 
-    engine_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    engine_end.settimeout(1.0)
-    cfg = ZygoteConfig("python", zygote_end.fileno(), "", [], 0, 1, "", 1, [], 1, 1, 1, 1)
-    z = Zygote(cfg, zygote_end, None, None, None, offer_ready=True)  # type: ignore[arg-type]
-    fds = _sandbox_fds()
+    z, engine_end = zygote
+    fds = {sid: _sandbox_fds() for sid in ("kept", "let-go")}
     try:
-        for sid in ("kept", "let-go"):
-            z.live[sid] = Sandbox(sid, 1, fds[5], 1, Counters(), -1, fds[:5], 0.0)  # type: ignore[arg-type]
+        for sid, (*pipes, pidfd) in fds.items():
+            z.live[sid] = Sandbox(sid, 1, pidfd, 1, Counters(), -1, pipes, 0.0)  # type: ignore[arg-type]
         z.pool.append("kept")
         z._sandbox_message(z.live["let-go"], b"R")
         msg, got = protocol.recv(engine_end)
         assert msg is not None and msg["op"] == "ready" and not got and not z.offered
         z._sandbox_message(z.live["kept"], b"R")
         msg, got = protocol.recv(engine_end)
+        _close(got)
         assert msg is not None and (msg["op"], msg["sid"], len(got)) == ("offer", "kept", 6)
         assert list(z.offered) == ["kept"] and not z.pool
-        for fd in got:
-            os.close(fd)
+        # the pipes are the engine's now: the zygote keeps only its pidfd
+        assert all(_closed(fd) for fd in fds["kept"][:5]) and not _closed(fds["kept"][5])
     finally:
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        engine_end.close()
-        zygote_end.close()
+        _close([fd for each in fds.values() for fd in each])

@@ -168,24 +168,26 @@ class Supervisor:
         fut: asyncio.Future[TakeReply] = loop.create_future()
         self._takes[req] = fut
         msg = {"op": "take", "req": req, "limits": limits, "session": session}
+        held: list[int] = []  # the offered sandbox's fds, if this take names one
         if offer is not None:
             msg["sid"] = offer[0]["sid"]
+            held = offer[1]
         try:
             self.send(msg)
             reply, fds = await fut
         except BaseException as exc:
             self._takes.pop(req, None)
-            _close(offer[1] if offer else [])
+            _close(held)
             if isinstance(exc, OSError):
                 raise ZygoteError(f"{self.runtime} zygote unreachable: {exc}") from exc
             raise
         if reply["op"] == "error":
-            _close(offer[1] if offer else [])
+            _close(held)
             raise ZygoteError(reply["error"])
-        if offer is not None and not fds and reply["sid"] == offer[0]["sid"]:
-            fds = offer[1]  # the zygote took the offered one, whose fds we hold
-        elif offer is not None:
-            _close(offer[1])  # it ended meanwhile: the zygote handed over another
+        if held and not fds and reply["sid"] == msg["sid"]:
+            fds = held  # the zygote took the offered one, whose fds we hold
+        else:
+            _close(held)  # none, or it ended meanwhile: the zygote handed over another
         return self._lease(reply, fds, hit=reply["pool_hit"], take_ms=reply["take_ms"])
 
     def _pool_limits(self, limits: dict[str, Any]) -> bool:

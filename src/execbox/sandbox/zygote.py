@@ -43,9 +43,9 @@ CHANNEL_CAP = 512  # a sandbox's messages are short; more is code writing to the
 POLL_BUDGET_S = 0.005
 # A sandbox that starts an interpreter ahead of time (node: ~70 ms of cpu) does so at this
 # nice value, so the start gives way to jobs running now; the zygote puts it back to 0
-# when it is taken, before the engine gets it. Only where the zygote may lower a nice
-# (CAP_SYS_NICE); on cgroup v2 with the cpu controller per sandbox, the nice orders only
-# the sandbox's own processes.
+# when it is offered (node has said it is ready) or taken, before the engine gets it. Only
+# where the zygote may lower a nice (CAP_SYS_NICE); on cgroup v2 with the cpu controller
+# per sandbox, the nice orders only the sandbox's own processes.
 WARMUP_NICE = 10
 CLONE_FLAGS = (
     libc.CLONE_NEWNS
@@ -350,32 +350,32 @@ class Zygote:
         else a ready one, else the oldest starting one; its limits are set first."""
         t0 = time.monotonic()
         session = msg.get("session")
-        box = self.offered.pop(msg.get("sid") or "", None)
-        hit = box is not None
-        if box is None and session is None:
-            sid = next((s for s in self.pool if self.live[s].ready), None)
-            hit = sid is not None
-            if sid is None and not self.pool:
-                try:
-                    self.spawn()
-                except Exception as exc:
-                    self.report({"op": "error", "req": msg["req"], "error": str(exc)})
-                    return
-            box = self.live[sid or self.pool[0]]
-            self.pool.remove(box.sid)
-        elif box is None:
-            try:
+        offered = self.offered.pop(msg.get("sid") or "", None)
+        box, hit = offered, offered is not None
+        try:
+            if box is None and session is not None:
                 box = self.spawn(session)
-            except Exception as exc:
-                self.report({"op": "error", "req": msg["req"], "error": str(exc)})
-                return
+            elif box is None:
+                sid = next((s for s in self.pool if self.live[s].ready), None)
+                hit = sid is not None
+                if sid is None and not self.pool:
+                    self.spawn()
+                box = self.live[sid or self.pool[0]]
+                self.pool.remove(box.sid)
+        except Exception as exc:
+            self.report({"op": "error", "req": msg["req"], "error": str(exc)})
+            return
         lim = msg.get("limits") or {}
         try:
             self._begin(box, lim)
-            # what the sandbox used while it waited (an interpreter's start) is not the job's;
-            # without a prestart this was done when it became ready, off the request path
-            if self.cfg.prestart:
-                box.cgroup.reset_counters()
+            # an offered sandbox was put at normal priority, and its counters were reset,
+            # when it said ready (and idle until its job: offers_ready)
+            if offered is None:
+                self._unnice(box)
+                # what it used while it waited (an interpreter's start) is not the job's;
+                # without a prestart this was done when it became ready
+                if self.cfg.prestart:
+                    box.cgroup.reset_counters()
         except OSError as exc:
             asked = f"memory {lim.get('memory_bytes')} bytes, pids {lim.get('pids')}"
             why = f"the kernel refused this sandbox's cgroup limits ({asked}): {exc.strerror}"
@@ -402,10 +402,9 @@ class Zygote:
             self.kill(box)
 
     def _begin(self, box: Sandbox, lim: dict[str, Any]) -> None:
-        """A taken sandbox: at normal priority, sampled, and with the job's limits (an
-        OSError if the kernel refuses them)."""
+        """A taken sandbox: sampled from now on, and with the job's limits (an OSError if
+        the kernel refuses them)."""
         box.taken = True
-        self._unnice(box)
         self.running[box.sid] = box
         self.sample_order.appendleft(box.sid)
         bw = lim.get("cpu_bandwidth")
@@ -418,7 +417,8 @@ class Zygote:
             box.limits = wanted
 
     def _unnice(self, box: Sandbox) -> None:
-        """A taken sandbox at normal priority, before any code of the job can run: its init
+        """A sandbox at normal priority before any code of a job can run (when it is
+        offered, or else taken): its init
         (before its setpgid), and its whole process group (the init, the interpreter it
         started and their threads) after. One still being cloned is never niced (finish)."""
         if not self.warmup_nice or box.pid <= 0:
@@ -431,8 +431,8 @@ class Zygote:
         """Give the engine the sandbox a take got: its pipes and pidfd, unless it was
         offered (the engine has them)."""
         assert box.handover is not None
-        fds = [*box.engine_fds, box.pidfd] if box.engine_fds else []
-        self.report(
+        self._send_pipes(
+            box,
             {
                 "op": "sandbox",
                 "req": box.handover["msg"]["req"],
@@ -444,11 +444,7 @@ class Zygote:
                 "pool": self.pooled(),
                 "setup_ms": (box.ready_at - box.created) * 1000 if box.ready else None,
             },
-            fds,
         )
-        for fd in box.engine_fds:
-            os.close(fd)
-        box.engine_fds = []
 
     def _offer(self, box: Sandbox) -> None:
         """Send the engine a ready sandbox's pipes and pidfd ahead of its take. Its warm-up
@@ -456,7 +452,8 @@ class Zygote:
         self.pool.remove(box.sid)
         self.offered[box.sid] = box
         self._unnice(box)
-        self.report(
+        self._send_pipes(
+            box,
             {
                 "op": "offer",
                 "sid": box.sid,
@@ -464,8 +461,12 @@ class Zygote:
                 "setup_ms": (box.ready_at - box.created) * 1000,
                 "pool": self.pooled(),
             },
-            [*box.engine_fds, box.pidfd],
         )
+
+    def _send_pipes(self, box: Sandbox, msg: dict[str, Any]) -> None:
+        """Report `msg` with the sandbox's ends of its pipes and its pidfd, which are the
+        engine's from then on; without them if they went with its offer."""
+        self.report(msg, [*box.engine_fds, box.pidfd] if box.engine_fds else [])
         for fd in box.engine_fds:
             os.close(fd)
         box.engine_fds = []
