@@ -7,6 +7,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from execbox.jobs import Job, Status
 
 
@@ -152,17 +154,29 @@ def test_a_cloner_killed_in_the_middle_of_clones_loses_nothing(engine) -> None:
     assert sup.restarts == 0
 
 
-def test_requests_never_block_on_a_cloner_that_is_itself_blocked_on_its_replies() -> None:
+@pytest.mark.parametrize("high_fd", [False, True], ids=["low-fd", "fd-past-1024"])
+def test_requests_never_block_on_a_cloner_that_is_itself_blocked_on_its_replies(
+    high_fd: bool,
+) -> None:
     """A burst: the zygote sends many requests before it reads any reply. The cloner, its
     replies unread, blocks sending one and stops reading requests; a blocking send on the
     zygote's side then waits forever (it did: socket.send_fds drops MSG_DONTWAIT). Here a
-    thread plays the cloner, one reply per request."""
+    thread plays the cloner, one reply per request. A cloner started in a burst has its
+    socket past fd 1024, where select() refused to wait on it."""
+    import resource
     import socket
     import threading
 
     from execbox.sandbox.cloner import _REPLY, Cloner
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if high_fd:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft <= 2000:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+        os.dup2(ours.fileno(), 2000)
+        ours.close()
+        ours = socket.socket(fileno=2000)
 
     def cloner() -> None:
         while True:

@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from execbox.sandbox import child, libc, netns
+from execbox.sandbox import child, libc, netns, protocol
 
 # the fds a sandbox starts with, in this order (see child.main), then its cgroup.procs files
 SANDBOX_FDS = 7
@@ -91,7 +91,7 @@ class Cloner:
                 self.early.extend(replies)
                 if gone:
                     raise ClonerGone("the cloner died") from None
-                select.select([self.sock], [self.sock], [], 0.1)
+                protocol.wait(self.sock, select.POLLIN | select.POLLOUT, 0.1)
             except OSError as exc:
                 raise ClonerGone(f"the cloner is unreachable: {exc}") from exc
 

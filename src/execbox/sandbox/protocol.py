@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 from typing import Any
 
@@ -18,6 +19,15 @@ def send(sock: socket.socket, msg: dict[str, Any], fds: list[int] | tuple[int, .
         socket.send_fds(sock, [data], list(fds))
     else:
         sock.send(data)
+
+
+def wait(fd: int | socket.socket, events: int, timeout_s: float | None = None) -> bool:
+    """Whether `fd` is ready for `events` (select.POLLIN, POLLOUT) within the timeout. By
+    poll(), not select(), which refuses an fd past 1024: a zygote in a burst holds
+    thousands, and a cloner started then gets fds past them."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(None if timeout_s is None else timeout_s * 1000))
 
 
 def recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:

@@ -225,7 +225,7 @@ class Zygote:
         their takes are taken again, once, and a new cloner takes over."""
         assert self.cloner is not None
         # dead first, then its replies: all it sent before it died are there to read
-        dead = select.select([self.cloner.pidfd], [], [], 0)[0] != []
+        dead = protocol.wait(self.cloner.pidfd, select.POLLIN, 0)
         replies, gone = self.cloner.replies()
         gone = gone or dead
         for reply in replies:
@@ -338,9 +338,7 @@ class Zygote:
                 protocol.send(self.sock, msg, fds)
                 return
             except BlockingIOError:
-                waiter = select.poll()  # not select(): the zygote's fds go past 1024
-                waiter.register(self.sock, select.POLLOUT)
-                waiter.poll()
+                protocol.wait(self.sock, select.POLLOUT)
             except (BrokenPipeError, ConnectionResetError):
                 self.engine_gone = True  # the loop shuts down when it sees the socket close
                 return
