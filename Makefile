@@ -9,7 +9,7 @@ VENV        := .venv
 # outside the checkout on purpose: sandboxes see it at the same path, and a checkout may
 # live under /tmp, which every sandbox covers with its own
 RUNTIME     := /opt/execbox/python
-APT_PKGS    := python3 python3-venv python3-dev nodejs bash libseccomp2 bubblewrap iproute2 procps \
+APT_PKGS    := gcc libc6-dev python3 python3-venv python3-dev nodejs bash libseccomp2 bubblewrap iproute2 procps \
                redis-server
 NUMPY       := numpy==2.4.6
 HOST        ?= 127.0.0.1
@@ -26,7 +26,13 @@ help:
 	@echo "make fuzz    schemathesis and the path fuzzers with a large budget"
 	@echo "make doctor  what this host allows"
 
-install: system-deps $(VENV)/.installed $(RUNTIME)/.installed-$(NUMPY)
+SEAL        := src/execbox/sandbox/_seal.so
+
+install: system-deps $(VENV)/.installed $(RUNTIME)/.installed-$(NUMPY) $(SEAL)
+
+# The sandbox's seal (seal.c; seal.py says why it is C): a plain C library, loaded with ctypes
+$(SEAL): src/execbox/sandbox/seal.c | system-deps
+	gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $<
 
 # Debian packages, installed only when one is missing (apt-get update only then, too).
 system-deps:

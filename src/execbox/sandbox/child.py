@@ -19,16 +19,11 @@ import resource
 import select
 import shlex
 import signal
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from execbox.runtimes import python_inproc
-from execbox.sandbox import landlock, libc, mounts
-from execbox.sandbox.libc import (
-    CLONE_NEWCGROUP,
-    PR_SET_DUMPABLE,
-    PR_SET_NO_NEW_PRIVS,
-    PR_SET_PDEATHSIG,
-)
+from execbox.sandbox import landlock, libc, mounts, seal
+from execbox.sandbox.libc import PR_SET_DUMPABLE
 
 # fd layout inside the sandbox while it waits: 0-2 the code's stdio, 3 the job pipe,
 # 4 the ready/status pipe to the zygote, 5 the result pipe to the engine. Only 0-2
@@ -62,6 +57,7 @@ class ChildSpec:
     runtime: str = ""
     prestart: list[str] | None = None  # an interpreter to start while waiting in the pool
     hostname: str = "sandbox"
+    seal: seal.Seal | None = field(default=None, compare=False, repr=False)  # make_seal's
 
 
 def _arrange_fds(fds: tuple[int, ...]) -> None:
@@ -72,37 +68,49 @@ def _arrange_fds(fds: tuple[int, ...]) -> None:
     libc.close_range(len(fds))
 
 
-def _drop_privileges(last_cap: int) -> None:
-    libc.drop_all_capabilities_bounding(last_cap)
-    os.setgroups([])
-    os.setresgid(mounts.SANDBOX_GID, mounts.SANDBOX_GID, mounts.SANDBOX_GID)
-    os.setresuid(mounts.SANDBOX_UID, mounts.SANDBOX_UID, mounts.SANDBOX_UID)
-    libc.clear_capability_sets()
-    libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
-    # the parent-death signal is reset by a uid change, so it is set after it
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def setup(spec: ChildSpec) -> None:
-    """Turn this freshly cloned process into a sealed sandbox. Raises on any failure.
-    (Its cgroup was joined before, and its loopback is brought up by the zygote.)"""
-    libc.unshare(CLONE_NEWCGROUP)  # after the cgroup attach, so our cgroup is its root
-    # a process group of its own: a signal or priority sent to "my group" (kill(0),
-    # PRIO_PGRP 0) covers this sandbox, not the zygote's group of all sandboxes. Not a
-    # session: with autogroup scheduling, setsid() costs a scheduler group per sandbox and
-    # makes each sandbox weigh as much as the whole server (measured: +0.5 ms p50 in bench)
-    os.setpgid(0, 0)
-    mounts.enter_root(spec.root, spec.tmp_bytes, spec.work_bytes, spec.workspace)
-    libc.sethostname(spec.hostname)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    _drop_privileges(spec.cap_last_cap)
-    landlock.restrict(
+def make_seal(spec: ChildSpec) -> seal.Seal:
+    """The seal every sandbox of this spec makes (seal.c), its arguments built once, by the
+    zygote. In order: a cgroup namespace (after the cgroup attach, so our cgroup is its
+    root) and a process group of its own; the private /tmp, working directory and /proc,
+    and the pivot into the read-only root; the hostname; no core dumps; every capability
+    and the uid dropped (mounts need the new user namespace's capabilities, so they come
+    first); Landlock; seccomp last, because its filter refuses the calls the earlier steps
+    make."""
+    root = spec.root.encode()
+    rules, keep = landlock.ruleset(
         spec.landlock_abi,
         read_only=["/"],
         writable=["/tmp", mounts.WORKDIR, "/proc"],
         devices=[f"/dev/{d}" for d in mounts.DEVICES],
     )
-    libc.load_seccomp(spec.seccomp_bpf)
+    args = seal.SealSpec(
+        root=root,
+        tmp_target=os.path.join(root, b"tmp"),
+        tmp_options=f"size={spec.tmp_bytes},mode=1777".encode(),
+        work_target=os.path.join(root, mounts.WORKDIR.lstrip("/").encode()),
+        work_options=(
+            f"size={spec.work_bytes},mode=0755,uid={mounts.SANDBOX_UID},gid={mounts.SANDBOX_GID}"
+        ).encode(),
+        proc_target=os.path.join(root, b"proc"),
+        workdir=mounts.WORKDIR.encode(),
+        hostname=spec.hostname.encode(),
+        cap_last_cap=spec.cap_last_cap,
+        uid=mounts.SANDBOX_UID,
+        gid=mounts.SANDBOX_GID,
+        landlock=rules,
+        bpf=spec.seccomp_bpf,
+        bpf_len=len(spec.seccomp_bpf) // 8,
+    )
+    return seal.Seal(args, [*keep, spec.seccomp_bpf])
+
+
+def setup(spec: ChildSpec) -> None:
+    """Turn this freshly cloned process into a sealed sandbox (see make_seal). Raises
+    OSError naming the step that failed. (Its cgroup was joined before, and its loopback
+    is brought up by the zygote.)"""
+    if spec.seal is None:
+        raise RuntimeError("the zygote built no seal for this spec")
+    spec.seal(spec.workspace)
 
 
 def _read_all(fd: int) -> bytes:

@@ -1,16 +1,17 @@
 """Landlock: the filesystem restricted from inside, so that even a misconfigured mount
 cannot be written; and, from ABI 6, abstract unix sockets and signals scoped to the
-sandbox. Written by hand over the three syscalls: no maintained Python binding exists.
+sandbox. Written by hand over the three syscalls: no maintained Python binding exists. The
+rules are made here; seal.c applies them, in the sandbox's one call.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 
-SYS_create_ruleset, SYS_add_rule, SYS_restrict_self = 444, 445, 446
+from execbox.sandbox import seal
+
+SYS_create_ruleset = 444
 CREATE_RULESET_VERSION = 1
-RULE_PATH_BENEATH = 1
 
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 REMOVE_DIR, REMOVE_FILE, MAKE_CHAR, MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 7
@@ -20,19 +21,6 @@ SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [
-        ("handled_access_fs", ctypes.c_uint64),
-        ("handled_access_net", ctypes.c_uint64),
-        ("scoped", ctypes.c_uint64),
-    ]
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
 def abi() -> int:
@@ -50,48 +38,24 @@ def _fs_rights(version: int) -> int:
     return rights
 
 
-def _check(rc: int, what: str) -> int:
-    if rc < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"landlock {what}: {os.strerror(err)}")
-    return rc
+def ruleset(
+    version: int, read_only: list[str], writable: list[str], devices: list[str]
+) -> tuple[seal.LandlockSpec, list[object]]:
+    """The ruleset seal.c applies, and the objects its pointers point into (keep them
+    alive). A path that does not exist then is skipped: it has no access at all."""
+    if version <= 0:
+        return seal.LandlockSpec(0, 0, 0, None, 0), []
+    handled = _fs_rights(version)
+    scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if version >= 6 else 0
+    file_rights = handled & (EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV)
+    entries = [(p, EXECUTE | READ_FILE | READ_DIR) for p in read_only]
+    entries += [(p, handled) for p in writable]
+    entries += [(p, file_rights & ~EXECUTE) for p in devices]
+    table = seal.rules(entries)
+    return seal.LandlockSpec(handled, scoped, file_rights, table, len(entries)), [table]
 
 
 def restrict(version: int, read_only: list[str], writable: list[str], devices: list[str]) -> None:
-    """Apply to the calling process (needs no_new_privs). A path that does not exist is
-    skipped: it then has no access at all."""
-    if version <= 0:
-        return
-    handled = _fs_rights(version)
-    attr = _RulesetAttr(handled, 0, 0)
-    size = 8
-    if version >= 6:
-        attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
-        size = 24
-    ruleset = _check(_libc.syscall(SYS_create_ruleset, ctypes.byref(attr), size, 0), "ruleset")
-    try:
-        file_rights = handled & (EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV)
-        for paths, rights in (
-            (read_only, EXECUTE | READ_FILE | READ_DIR),
-            (writable, handled),
-            (devices, file_rights & ~EXECUTE),
-        ):
-            for path in paths:
-                try:
-                    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue
-                try:
-                    if not os.path.isdir(path):
-                        rights &= file_rights
-                    rule = _PathBeneath(rights, fd)
-                    _check(
-                        _libc.syscall(SYS_add_rule, ruleset, RULE_PATH_BENEATH,
-                                      ctypes.byref(rule), 0),
-                        f"rule {path}",
-                    )  # fmt: skip
-                finally:
-                    os.close(fd)
-        _check(_libc.syscall(SYS_restrict_self, ruleset, 0), "restrict_self")
-    finally:
-        os.close(ruleset)
+    """Apply to the calling process (needs no_new_privs), as a sandbox's seal does."""
+    spec, _keep = ruleset(version, read_only, writable, devices)
+    seal.landlock(seal.library(), spec)

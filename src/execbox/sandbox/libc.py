@@ -1,8 +1,9 @@
 """Thin ctypes bindings to the libc calls that Python 3.11's os module lacks.
 
 Written by hand because no maintained library exposes clone(2) with namespace flags,
-pivot_root(2), capset(2) or seccomp(2) to Python; each wrapper is a few lines over
-libc and raises OSError with the real errno, like the os module does.
+setns(2) or capget(2) to Python; each wrapper is a few lines over libc and raises OSError
+with the real errno, like the os module does. What a sandbox calls to seal itself (mounts,
+pivot_root, capset, seccomp) is in seal.c.
 """
 
 from __future__ import annotations
@@ -22,10 +23,7 @@ _libc.pthread_self.restype = ctypes.c_ulong
 
 # x86_64 syscall numbers (the only ABI execbox supports; seccomp refuses the others).
 SYS_clone = 56
-SYS_pivot_root = 155
 SYS_capget = 125
-SYS_capset = 126
-SYS_seccomp = 317
 SYS_close_range = 436
 
 CLONE_PARENT = 0x00008000
@@ -56,17 +54,14 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
-MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
-PR_CAPBSET_DROP = 24
 CAP_SYS_NICE = 23
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
-SECCOMP_SET_MODE_FILTER = 1
 
 _libc.syscall.restype = ctypes.c_long
 _pylibc.syscall.restype = ctypes.c_long
@@ -77,9 +72,7 @@ _libc.mount.argtypes = [
     ctypes.c_ulong,
     ctypes.c_char_p,
 ]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
-_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.prctl.argtypes = [
     ctypes.c_int,
     ctypes.c_ulong,
@@ -172,19 +165,6 @@ def mount(
     )
 
 
-def umount2(target: str, flags: int) -> None:
-    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
-
-
-def pivot_root(new_root: str, put_old: str) -> None:
-    _check(_libc.syscall(SYS_pivot_root, new_root.encode(), put_old.encode()), "pivot_root")
-
-
-def sethostname(name: str) -> None:
-    raw = name.encode()
-    _check(_libc.sethostname(raw, len(raw)), "sethostname")
-
-
 def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> int:
     return _check(_libc.prctl(option, a2, a3, a4, a5), f"prctl({option})")
 
@@ -223,37 +203,8 @@ def has_capability(cap: int) -> bool:
 
 
 def _capabilities(nr: int, name: str) -> ctypes.Array[_CapData]:
-    """capget or capset (`nr`) of this thread's sets, as the two words of each; capset
-    sets them all empty."""
+    """capget (`nr`) of this thread's sets, as the two words of each."""
     header = _CapHeader(_CAP_VERSION_3, 0)
     data = (_CapData * 2)()
     _check(_libc.syscall(nr, ctypes.byref(header), ctypes.byref(data)), name)
     return data
-
-
-def drop_all_capabilities_bounding(last_cap: int) -> None:
-    """Empty the bounding and ambient sets (needs CAP_SETPCAP, so before the uid drop).
-    `last_cap` is the kernel's (cap_last_cap), read once by the zygote, not by each
-    sandbox."""
-    for cap in range(last_cap + 1):
-        prctl(PR_CAPBSET_DROP, cap)
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-
-
-def clear_capability_sets() -> None:
-    """Empty the effective, permitted and inheritable sets.
-
-    A uid change only clears them when the old uid was the namespace's root; ours is
-    unmapped (it is the zygote's), so they are cleared explicitly.
-    """
-    _capabilities(SYS_capset, "capset")
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
-
-
-def load_seccomp(bpf: bytes) -> None:
-    """Install a classic-BPF program that libseccomp exported ahead of time."""
-    prog = _SockFprog(len(bpf) // 8, bpf)
-    _check(_libc.syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(prog)), "seccomp")

@@ -2,8 +2,8 @@
 
 The zygote builds one read-only root tree in its own private mount namespace, once
 (`build_root`). Each sandbox then only binds that tree, adds its private /tmp, working
-directory and /proc, and pivots into it (`enter_root`): about 0.1 ms instead of building
-the whole tree per sandbox.
+directory and /proc, and pivots into it (seal.c): about 0.1 ms instead of building the
+whole tree per sandbox.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import shutil
 
 from execbox.sandbox import libc
 from execbox.sandbox.libc import (
-    MNT_DETACH,
     MS_BIND,
     MS_NODEV,
     MS_NOEXEC,
@@ -132,32 +131,3 @@ def _populate_dev(dev: str) -> None:
         ("shm", "/tmp"),  # POSIX shared memory lives in the sandbox's own /tmp
     ):
         os.symlink(target, os.path.join(dev, name))
-
-
-def enter_root(root: str, tmp_bytes: int, work_bytes: int, workspace: str | None = None) -> None:
-    """In the sandbox (new user and mount ns): private /tmp, workdir and /proc, then pivot.
-
-    Mounts copied into a less privileged namespace are locked, and pivot_root refuses a
-    locked root; binding the tree onto itself first gives a root the sandbox owns.
-    """
-    libc.mount(root, root, None, MS_BIND | MS_REC)
-    flags = MS_NOSUID | MS_NODEV
-    libc.mount("tmp", os.path.join(root, "tmp"), "tmpfs", flags, f"size={tmp_bytes},mode=1777")
-    workdir = os.path.join(root, WORKDIR.lstrip("/"))
-    if workspace:
-        # A session's persistent workspace instead of a fresh tmpfs. The bind keeps the
-        # host mount's nosuid and nodev, which this namespace cannot clear (they are locked).
-        libc.mount(workspace, workdir, None, MS_BIND)
-    else:
-        libc.mount(
-            "workspace",
-            workdir,
-            "tmpfs",
-            flags,
-            f"size={work_bytes},mode=0755,uid={SANDBOX_UID},gid={SANDBOX_GID}",
-        )
-    libc.mount("proc", os.path.join(root, "proc"), "proc", flags | MS_NOEXEC)
-    os.chdir(root)
-    libc.pivot_root(".", ".")
-    libc.umount2(".", MNT_DETACH)
-    os.chdir(WORKDIR)

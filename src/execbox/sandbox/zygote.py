@@ -13,6 +13,7 @@ Single-threaded on purpose: a fork copies only the calling thread.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import importlib
 import json
@@ -29,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from execbox.sandbox import child, kernfiles, landlock, libc, mounts, protocol
+from execbox.sandbox import child, kernfiles, landlock, libc, mounts, protocol, seal
 from execbox.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits
 from execbox.sandbox.cloner import Cloner, ClonerGone, Reply
 from execbox.sandbox.netns import NetnsPool
@@ -886,6 +887,11 @@ def main() -> None:
         prestart=cfg.prestart,
         cap_last_cap=libc.cap_last_cap(),
     )
+    try:
+        spec = dataclasses.replace(spec, seal=child.make_seal(spec))
+    except (OSError, seal.SealMissing) as exc:
+        protocol.send(sock, {"op": "fatal", "error": f"{type(exc).__name__}: {exc}"})
+        sys.exit(1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     home_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     warmup_nice = bool(cfg.prestart) and libc.has_capability(libc.CAP_SYS_NICE)
