@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 
 from execbox.config import Settings
-from execbox.sandbox import libc
+from execbox.sandbox import libc, seal
 from execbox.sandbox.cgroups import CgroupDriver
 from execbox.sandbox.seccomp import LibSeccompError, build_filter
 
@@ -79,6 +79,15 @@ def check_seccomp() -> Check:
         f"filter compiled: {len(bpf) // 8} BPF instructions",
         "a kernel built with CONFIG_SECCOMP_FILTER",
     )
+
+
+def check_seal() -> Check:
+    name = "sandbox seal (seal.c)"
+    try:
+        seal.library()
+    except (seal.SealMissing, OSError) as exc:
+        return Check(name, False, str(exc), "make install (builds it with gcc)")
+    return Check(name, True, f"{seal.LIBRARY} loads")
 
 
 def check_cgroups() -> Check:
@@ -152,7 +161,14 @@ def check_runtime(settings: Settings) -> list[Check]:
 
 
 def isolation_checks() -> list[Check]:
-    return [check_root(), check_namespaces(), check_seccomp(), check_cgroups(), check_landlock()]
+    return [
+        check_root(),
+        check_namespaces(),
+        check_seccomp(),
+        check_seal(),
+        check_cgroups(),
+        check_landlock(),
+    ]
 
 
 def all_checks(settings: Settings) -> list[Check]:

@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from execbox import host
 from execbox.sandbox import child, libc, seal
 
 SPEC = child.ChildSpec(
@@ -58,6 +59,11 @@ def test_a_spec_without_a_seal_is_refused_before_any_step() -> None:
 
 
 def test_without_the_library_the_error_says_how_to_build_it(monkeypatch) -> None:
+    assert host.check_seal().ok
     monkeypatch.setattr(seal, "LIBRARY", "/nonexistent/_seal.so")
     with pytest.raises(seal.SealMissing, match="make install"):
         seal.library()
+    check = host.check_seal()
+    assert not check.ok and check.required
+    refusal = host.refusal([check])
+    assert refusal is not None and "sandbox seal" in refusal and "make install" in refusal
