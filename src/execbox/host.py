@@ -3,19 +3,15 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 
 from execbox.config import Settings
-from execbox.sandbox import libc, seal
+from execbox.sandbox import landlock, libc, seal
 from execbox.sandbox.cgroups import CgroupDriver
 from execbox.sandbox.seccomp import LibSeccompError, build_filter
-
-SYS_landlock_create_ruleset = 444
-LANDLOCK_CREATE_RULESET_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -104,14 +100,8 @@ def check_cgroups() -> Check:
     return Check("cgroups (memory, pids)", True, f"cgroup v{driver.version}: {ctrls}")
 
 
-def landlock_abi() -> int:
-    libc_ = ctypes.CDLL(None, use_errno=True)
-    libc_.syscall.restype = ctypes.c_long
-    return int(libc_.syscall(SYS_landlock_create_ruleset, None, 0, LANDLOCK_CREATE_RULESET_VERSION))
-
-
 def check_landlock() -> Check:
-    abi = landlock_abi()
+    abi = landlock.abi()
     return Check(
         "landlock",
         abi > 0,

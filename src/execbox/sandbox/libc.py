@@ -198,13 +198,7 @@ def cap_last_cap() -> int:
 
 def has_capability(cap: int) -> bool:
     """Whether this process holds `cap` in its effective set."""
-    data = _capabilities(SYS_capget, "capget")
-    return bool(data[cap // 32].effective >> (cap % 32) & 1)
-
-
-def _capabilities(nr: int, name: str) -> ctypes.Array[_CapData]:
-    """capget (`nr`) of this thread's sets, as the two words of each."""
     header = _CapHeader(_CAP_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _check(_libc.syscall(nr, ctypes.byref(header), ctypes.byref(data)), name)
-    return data
+    data = (_CapData * 2)()  # the two words of each set
+    _check(_libc.syscall(SYS_capget, ctypes.byref(header), ctypes.byref(data)), "capget")
+    return bool(data[cap // 32].effective >> (cap % 32) & 1)

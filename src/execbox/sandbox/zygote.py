@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from execbox.sandbox import child, kernfiles, landlock, libc, mounts, protocol, seal
+from execbox.sandbox import child, kernfiles, landlock, libc, mounts, protocol
 from execbox.sandbox.cgroups import Cgroup, CgroupDriver, CgroupLimits
 from execbox.sandbox.cloner import Cloner, ClonerGone, Reply
 from execbox.sandbox.netns import NetnsPool
@@ -417,9 +417,9 @@ class Zygote:
 
     def _unnice(self, box: Sandbox) -> None:
         """A sandbox at normal priority before any code of a job can run (when it is
-        offered, or else taken): its init
-        (before its setpgid), and its whole process group (the init, the interpreter it
-        started and their threads) after. One still being cloned is never niced (finish)."""
+        offered, or else taken): its init (before its setpgid), and its whole process group
+        (the init, the interpreter it started and their threads) after. One still being
+        cloned is never niced (finish)."""
         if not self.warmup_nice or box.pid <= 0:
             return
         with contextlib.suppress(ProcessLookupError):  # no such group before its setpgid
@@ -865,6 +865,17 @@ def main() -> None:
             raise RuntimeError("no usable cgroup controllers (memory and pids are required)")
         driver.prepare()
         driver.sweep()
+        spec = child.ChildSpec(
+            root=cfg.root,
+            seccomp_bpf=bpf,
+            tmp_bytes=cfg.tmp_bytes,
+            work_bytes=cfg.work_bytes,
+            landlock_abi=landlock.abi(),
+            runtime=cfg.runtime,
+            prestart=cfg.prestart,
+            cap_last_cap=libc.cap_last_cap(),
+        )
+        spec = dataclasses.replace(spec, seal=child.make_seal(spec))  # SealMissing if unbuilt
     except Exception as exc:
         protocol.send(sock, {"op": "fatal", "error": f"{type(exc).__name__}: {exc}"})
         traceback.print_exc()
@@ -877,21 +888,6 @@ def main() -> None:
     # header, each write a copy-on-write fault of a page shared with every sandbox
     gc.collect()
     gc.freeze()
-    spec = child.ChildSpec(
-        root=cfg.root,
-        seccomp_bpf=bpf,
-        tmp_bytes=cfg.tmp_bytes,
-        work_bytes=cfg.work_bytes,
-        landlock_abi=landlock.abi(),
-        runtime=cfg.runtime,
-        prestart=cfg.prestart,
-        cap_last_cap=libc.cap_last_cap(),
-    )
-    try:
-        spec = dataclasses.replace(spec, seal=child.make_seal(spec))
-    except (OSError, seal.SealMissing) as exc:
-        protocol.send(sock, {"op": "fatal", "error": f"{type(exc).__name__}: {exc}"})
-        sys.exit(1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     home_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     warmup_nice = bool(cfg.prestart) and libc.has_capability(libc.CAP_SYS_NICE)
