@@ -130,6 +130,7 @@ def test_an_offered_sandbox_is_claimed_without_waiting_for_the_zygote(offering) 
         # nothing answers on the zygote's side: the take must not wait for it
         return await asyncio.wait_for(sup.take(dict(POOL_LIMITS)), 1.0)
 
+    assert sup.pool_size == 1  # the offer's count, as a "ready" sets it
     lease = asyncio.run(main())
     assert (lease.sid, lease.pid, lease.pool_hit) == ("s1", 42, True)
     assert [lease.job_fd, lease.stdin_fd, lease.stdout_fd] == fds[:3]
@@ -137,7 +138,7 @@ def test_an_offered_sandbox_is_claimed_without_waiting_for_the_zygote(offering) 
     msg, _ = protocol.recv(theirs)
     assert msg == {"op": "claim", "sid": "s1", "limits": POOL_LIMITS}
     assert not sup._offers and sup._leases["s1"] is lease and sup.stats["hits"] == 1
-    assert sup.refill_ms == [3.0]
+    assert sup.refill_ms == [3.0] and sup.pool_size == 0
 
 
 def test_other_limits_take_the_offered_sandbox_by_name_and_wait_for_them(offering) -> None:

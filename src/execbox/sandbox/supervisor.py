@@ -295,7 +295,7 @@ class Supervisor:
 
     def _dispatch(self, msg: dict[str, Any], fds: list[int]) -> None:
         op = msg.get("op")
-        if "pool" in msg and op != "ready":
+        if "pool" in msg:
             self.pool_size = msg["pool"]
         if op in ("hello", "fatal"):
             if self._hello is not None and not self._hello.done():
@@ -307,10 +307,13 @@ class Supervisor:
             else:
                 for fd in fds:
                     os.close(fd)
-        elif op == "offer":
-            self._offers[msg["sid"]] = (msg, fds)
-            self._refilled(msg["setup_ms"])
-            return  # its fds are kept
+        elif op in ("ready", "offer"):  # a sandbox finished starting (and was offered)
+            self.refill_ms.append(msg["setup_ms"])
+            del self.refill_ms[:-256]
+            self.fastest_refill_ms = min(self.fastest_refill_ms, msg["setup_ms"])
+            if op == "offer":
+                self._offers[msg["sid"]] = (msg, fds)
+                return  # its fds are kept
         elif op == "exit":
             offer = self._offers.pop(msg["sid"], None)
             if offer is not None:  # an offer that ended before any claim
@@ -332,18 +335,10 @@ class Supervisor:
             lease = self._dying.pop(msg["sid"], None)
             if lease is not None and not lease.gone.done():
                 lease.gone.set_result(None)
-        elif op == "ready":
-            self.pool_size = msg["pool"]
-            self._refilled(msg["setup_ms"])
         elif op == "log":
             log.log(logging.ERROR if msg.get("level") == "error" else logging.INFO, msg.get("msg"))
         for fd in fds if op not in ("sandbox", "error") else ():
             os.close(fd)
-
-    def _refilled(self, setup_ms: float) -> None:
-        self.refill_ms.append(setup_ms)
-        del self.refill_ms[:-256]
-        self.fastest_refill_ms = min(self.fastest_refill_ms, setup_ms)
 
     def _died(self, why: str) -> None:
         was_ready = self.ready
