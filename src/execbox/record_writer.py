@@ -47,7 +47,7 @@ class RecordWriter:
         try:
             await asyncio.sleep(BATCH_WAIT_S)
             while self.pending:
-                batch = [make() for make in self.pending]
+                batch = self._make(self.pending)
                 self.pending = []
                 try:
                     await self.store.call(self.store.record_finished, batch)
@@ -55,3 +55,15 @@ class RecordWriter:
                     log.error("%d execution records could not be written: %r", len(batch), exc)
         finally:
             self.writing = False
+
+    @staticmethod
+    def _make(makes: list[Callable[[], FinishedRecord]]) -> list[FinishedRecord]:
+        """The records; one that cannot be made is logged and left out (kept pending, it
+        would fail every batch after it)."""
+        batch = []
+        for make in makes:
+            try:
+                batch.append(make())
+            except Exception:
+                log.exception("an execution record could not be made")
+        return batch

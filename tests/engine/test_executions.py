@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import sqlite3
@@ -10,9 +11,11 @@ import time
 import pytest
 
 from execbox import executions
+from execbox.background import Background
 from execbox.callbacks import CallbackPolicy
 from execbox.executions import Executions, RecordCaps, job_to_dict
 from execbox.jobs import Job, Outcome, Status, Timings
+from execbox.record_writer import RecordWriter
 from execbox.store.sqlite import FinishedRecord, Store
 
 
@@ -121,4 +124,36 @@ def test_runs_without_ids_are_recorded_after_the_answer_in_batches(
         assert rec is not None and (rec["dialect"], rec["status"]) == ("faber", "completed")
         assert rec["result"]["stdout"] == "x\n" and rec["request"]["code"] == "print('x')"
         assert abs(rec["finished_at"] - rec["started_at"] - 0.25) < 1e-3
+    store.close()
+
+
+def test_a_record_that_cannot_be_made_does_not_hold_up_the_others(tmp_path, caplog) -> None:
+    """One run's record raising while it is made (a bug in turning its outcome into what is
+    stored) is logged; the records of its batch and of every later batch are written."""
+    store = Store(tmp_path / "made.db")
+    now = time.time()
+
+    def record(i: str) -> FinishedRecord:
+        return FinishedRecord(
+            id=i, dialect="zeroboot", runtime="python", session_id=None, request={},
+            status="completed", result={}, started_at=now, finished_at=now, retention_s=60,
+        )  # fmt: skip
+
+    def broken() -> FinishedRecord:
+        raise ValueError("cannot be made")
+
+    async def scenario() -> None:
+        background = Background(logging.getLogger("test"), "records")
+        writer = RecordWriter(store, background)
+        writer.add(lambda: record("a"))
+        writer.add(broken)
+        writer.add(lambda: record("b"))
+        await background.wait(5)
+        writer.add(lambda: record("c"))
+        await background.wait(5)
+
+    with caplog.at_level(logging.ERROR, logger="execbox.records"):
+        asyncio.run(scenario())
+    assert "an execution record could not be made" in caplog.text
+    assert all(store.get_execution(i) is not None for i in "abc")
     store.close()
