@@ -26,13 +26,14 @@ help:
 	@echo "make fuzz    schemathesis and the path fuzzers with a large budget"
 	@echo "make doctor  what this host allows"
 
-SEAL        := src/execbox/sandbox/_seal.so
+NATIVE      := src/execbox/sandbox/_native.so
 
-install: system-deps $(VENV)/.installed $(RUNTIME)/.installed-$(NUMPY) $(SEAL)
+install: system-deps $(VENV)/.installed $(RUNTIME)/.installed-$(NUMPY) $(NATIVE)
 
-# The sandbox's seal (seal.c; seal.py says why it is C): a plain C library, loaded with ctypes
-$(SEAL): src/execbox/sandbox/seal.c | system-deps
-	gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $<
+# execbox's C parts (native.py; each .c file says why it is C): the sandbox's seal and the
+# cloner's loop, one plain C library loaded with ctypes
+$(NATIVE): src/execbox/sandbox/seal.c src/execbox/sandbox/cloner.c | system-deps
+	gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $^
 
 # Debian packages, installed only when one is missing (apt-get update only then, too).
 system-deps:

@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 
 from execbox.config import Settings
-from execbox.sandbox import landlock, libc, seal
+from execbox.sandbox import landlock, libc, native
 from execbox.sandbox.cgroups import CgroupDriver
 from execbox.sandbox.seccomp import LibSeccompError, build_filter
 
@@ -77,13 +77,15 @@ def check_seccomp() -> Check:
     )
 
 
-def check_seal() -> Check:
-    name = "sandbox seal (seal.c)"
+def check_native() -> Check:
+    name = "execbox's C library (the sandbox seal, the cloner)"
     try:
-        seal.library()
-    except (seal.SealMissing, OSError) as exc:
+        lib = native.library()
+        for symbol in native.SYMBOLS:
+            getattr(lib, symbol)
+    except (native.NativeMissing, OSError, AttributeError) as exc:
         return Check(name, False, str(exc), "make install (builds it with gcc)")
-    return Check(name, True, f"{seal.LIBRARY} loads")
+    return Check(name, True, f"{native.LIBRARY} loads")
 
 
 def check_cgroups() -> Check:
@@ -155,7 +157,7 @@ def isolation_checks() -> list[Check]:
         check_root(),
         check_namespaces(),
         check_seccomp(),
-        check_seal(),
+        check_native(),
         check_cgroups(),
         check_landlock(),
     ]

@@ -38,7 +38,7 @@ def in_new_namespace(fn: Callable[[], object]) -> object:
 
 
 @pytest.fixture(scope="module")
-def pristine() -> netns.Matcher:
+def pristine() -> netns.Template:
     if os.geteuid() != 0:
         pytest.fail("network namespaces need root, as execbox itself does")
     home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -48,9 +48,9 @@ def pristine() -> netns.Matcher:
         os.close(home)
 
 
-def as_new(pristine: netns.Matcher) -> bool:
+def as_new(pristine: netns.Template) -> bool:
     """The cloner's own check, in this thread's namespace."""
-    return netns.reads_as_new(pristine, bytearray(netns.BUF))
+    return netns.reads_as_new(pristine)
 
 
 def test_a_new_namespace_reads_as_pristine_and_the_reading_is_stable(pristine) -> None:
@@ -95,3 +95,32 @@ def test_what_a_process_leaves_behind_shows(pristine, touch: Callable[[], None])
         return as_new(pristine)
 
     assert in_new_namespace(after) is False
+
+
+def test_the_check_is_exact_but_for_sockstats_host_wide_numbers(tmp_path) -> None:
+    """cloner.c's comparison, on files of our own standing in for a namespace's."""
+    sockstat = "/proc/thread-self/net/sockstat"
+    text = b"sockets: used 12\nTCP: inuse 0 orphan 3 tw 0 alloc 7 mem 1\n"
+    files = {"dev": b"lo: 0 0\n", sockstat: text}
+    paths = []
+    for name, data in files.items():
+        path = tmp_path / "f" if name == "dev" else tmp_path / "sockstat"
+        path.write_bytes(data)
+        paths.append(str(path))
+    # the template is made with sockstat's path, so its numbers become wildcards
+    template = netns.Template(list(files.values()), paths=("dev", sockstat))
+    template.paths[0], template.paths[1] = paths[0].encode(), paths[1].encode()
+    assert netns.reads_as_new(template)
+    (tmp_path / "sockstat").write_bytes(text.replace(b"used 12", b"used 40961"))
+    assert netns.reads_as_new(template)  # the whole host's count moved
+    (tmp_path / "sockstat").write_bytes(text.replace(b"inuse 0", b"inuse 1"))
+    assert not netns.reads_as_new(template)  # a socket of the namespace's own
+    (tmp_path / "sockstat").write_bytes(text.replace(b"used 12", b"used "))
+    assert not netns.reads_as_new(template)  # a wildcard is one digit at least
+    (tmp_path / "sockstat").write_bytes(text)
+    (tmp_path / "f").write_bytes(b"lo: 0 0\nx")
+    assert not netns.reads_as_new(template)  # longer than the template
+    (tmp_path / "f").write_bytes(b"lo: 0 0")
+    assert not netns.reads_as_new(template)  # shorter
+    (tmp_path / "f").unlink()
+    assert not netns.reads_as_new(template)  # unreadable

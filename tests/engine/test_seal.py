@@ -10,7 +10,7 @@ import os
 import pytest
 
 from execbox import host
-from execbox.sandbox import child, libc, seal
+from execbox.sandbox import child, libc, native, seal
 
 SPEC = child.ChildSpec(
     root="/nonexistent-execbox-root",
@@ -59,11 +59,11 @@ def test_a_spec_without_a_seal_is_refused_before_any_step() -> None:
 
 
 def test_without_the_library_the_error_says_how_to_build_it(monkeypatch) -> None:
-    assert host.check_seal().ok
-    monkeypatch.setattr(seal, "LIBRARY", "/nonexistent/_seal.so")
-    with pytest.raises(seal.SealMissing, match="make install"):
+    assert host.check_native().ok
+    monkeypatch.setattr(native, "LIBRARY", "/nonexistent/_native.so")
+    with pytest.raises(native.NativeMissing, match="make install"):
         seal.library()
-    check = host.check_seal()
+    check = host.check_native()
     assert not check.ok and check.required
     refusal = host.refusal([check])
-    assert refusal is not None and "sandbox seal" in refusal and "make install" in refusal
+    assert refusal is not None and "C library" in refusal and "make install" in refusal

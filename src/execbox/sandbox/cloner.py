@@ -4,8 +4,9 @@ Why the zygote does not clone them itself: after a clone, every writable page of
 is shared copy-on-write with the new sandbox, so the parent pays a page fault and a page
 copy for each page it writes next. Between two clones the zygote's loop (cgroups, pipes,
 messages, reaping) writes about 320 pages; measured, that was a third of its cpu, and the
-zygote is one thread that every execution goes through. The cloner's loop writes a few
-pages, and the zygote, which forks nothing after the cloner, writes its own pages in place.
+zygote is one thread that every execution goes through. The cloner's loop (cloner.c) writes
+a few pages, and the zygote, which forks nothing after the cloner, writes its own pages in
+place.
 
 Sandboxes are cloned with CLONE_PARENT, so each is still the zygote's child: the zygote
 reaps it and gets its rusage, and its parent-death signal follows the zygote. The sandbox
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import ctypes
 import os
 import select
 import signal
@@ -28,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from execbox.sandbox import child, libc, netns, protocol
+from execbox.sandbox import child, libc, native, netns, protocol
 
 # the fds a sandbox starts with, in this order (see child.main), then its cgroup.procs files
 SANDBOX_FDS = 7
@@ -57,7 +59,7 @@ class Cloner:
     early: deque[Reply] = field(default_factory=deque)  # replies read while a send waited
 
     @classmethod
-    def start(cls, spec: child.ChildSpec, flags: int, pristine: netns.Matcher) -> Cloner:
+    def start(cls, spec: child.ChildSpec, flags: int, pristine: netns.Template) -> Cloner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = os.fork()
@@ -140,9 +142,32 @@ class Cloner:
         os.close(self.pidfd)
 
 
-def _serve(sock: socket.socket, spec: child.ChildSpec, flags: int, pristine: netns.Matcher) -> None:
-    """The cloner's loop. Kept to a few lines on purpose: every page it writes between two
-    clones costs it a copy-on-write fault at the next one."""
+class _Loop(ctypes.Structure):
+    """cloner.c's struct execbox_cloner: the loop's arguments, built once."""
+
+    _fields_ = [
+        ("sock", ctypes.c_int),
+        ("home", ctypes.c_int),
+        ("flags_new", ctypes.c_uint64),
+        ("flags_into", ctypes.c_uint64),
+        ("tid", ctypes.c_void_p),
+        ("sandbox_fds", ctypes.c_int),
+        ("max_fds", ctypes.c_int),
+        ("pristine", ctypes.POINTER(netns.Template)),
+    ]
+
+
+class _Request(ctypes.Structure):
+    """cloner.c's struct execbox_clone_request: a new sandbox's fds."""
+
+    _fields_ = [("nfds", ctypes.c_int), ("fds", ctypes.c_int * 64)]  # CLONER_MAX_FDS
+
+
+def _serve(
+    sock: socket.socket, spec: child.ChildSpec, flags: int, pristine: netns.Template
+) -> None:
+    """The cloner: cloner.c's loop (see there why it is C) until the zygote goes. In a new
+    sandbox the loop returns with its fds, and the sandbox goes on from here."""
     status = 0
     try:
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -152,70 +177,30 @@ def _serve(sock: socket.socket, spec: child.ChildSpec, flags: int, pristine: net
         os.closerange(3, keep)
         libc.close_range(keep + 1)
         home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        clone = _Clones(flags, home, pristine)
-        while True:
-            msg, fds, _flags, _addr = socket.recv_fds(sock, 1, MAX_FDS + 1)
-            if not fds:
-                break  # the zygote has gone
-            kept = fds.pop() if msg == b"N" and len(fds) > SANDBOX_FDS else -1
-            # EINVAL: not a request this loop understands
-            reply = clone(kept) if len(fds) >= SANDBOX_FDS else Reply(-22, False)
-            if reply.pid == 0:
-                # the clone must not hold the zygote's line to the cloner: a clone
-                # kept it open, the cloner's death would not show as its end
-                os.close(keep)
-                os.close(home)
-                if kept >= 0:
-                    os.close(kept)
-                child.main(spec, fds[6], tuple(fds[:6]), tuple(fds[7:]))  # no return
-            for fd in fds:
-                os.close(fd)
-            if kept >= 0:
-                os.close(kept)
-            sock.send(_REPLY.pack(*reply))
+        tid = libc.tid_address()
+        flags |= libc.CLONE_PARENT | signal.SIGCHLD | (libc.CLONE_CHILD_SETTID if tid else 0)
+        loop = _Loop(
+            keep,
+            home,
+            flags,
+            flags & ~libc.CLONE_NEWNET,
+            tid,
+            SANDBOX_FDS,
+            MAX_FDS,
+            ctypes.pointer(pristine),
+        )
+        request = _Request()
+        serve = native.holding_lock().execbox_cloner_serve
+        rc = serve(ctypes.byref(loop), ctypes.byref(request))
+        if rc == 0:
+            # a new sandbox, its parent the zygote (CLONE_PARENT). The loop ran none of the
+            # interpreter's fork hooks: the cloner has one thread, so there is no lock
+            # another could hold across the clone, and what a child must redo (its thread
+            # state, the import lock, the modules' after_in_child hooks) is done here first.
+            libc.after_fork_child()
+            fds = list(request.fds[: request.nfds])
+            child.main(spec, fds[6], tuple(fds[:6]), tuple(fds[7:]))  # no return
+        status = 0 if rc == 1 else 1  # 1: the zygote has gone
     except BaseException:
         status = 1
     os._exit(status)
-
-
-class _Clones:
-    """The cloner's clone: in a new network namespace, or in a kept one (netns.py) if it
-    reads as new. To read it, this thread enters it; it comes home after the clone, which
-    stays in it."""
-
-    def __init__(self, flags: int, home: int, pristine: netns.Matcher) -> None:
-        self.new = libc.Clone(flags | libc.CLONE_PARENT)
-        self.into = libc.Clone((flags & ~libc.CLONE_NEWNET) | libc.CLONE_PARENT)
-        self.home = home
-        self.pristine = pristine
-        self.buf = bytearray(netns.BUF)
-
-    def __call__(self, kept: int) -> Reply:
-        if kept >= 0 and self._enter_if_new(kept):
-            pid = _clone(self.into)
-            if pid != 0:
-                libc.setns(self.home, libc.CLONE_NEWNET)  # failing here is a bug: it raises
-            return Reply(pid, False)
-        return Reply(_clone(self.new), True)
-
-    def _enter_if_new(self, kept: int) -> bool:
-        """Enter namespace `kept`, and stay if it reads as a new one; else come home."""
-        try:
-            libc.setns(kept, libc.CLONE_NEWNET)
-        except OSError:
-            return False
-        try:
-            if netns.reads_as_new(self.pristine, self.buf):
-                return True
-        except OSError:
-            pass
-        libc.setns(self.home, libc.CLONE_NEWNET)
-        return False
-
-
-def _clone(clone: libc.Clone) -> int:
-    """The new pid (0 in the clone), or minus the errno the kernel refused it with."""
-    try:
-        return clone()
-    except OSError as exc:
-        return -(exc.errno or 22)

@@ -86,6 +86,12 @@ _PyOS_AfterFork_Parent = ctypes.pythonapi.PyOS_AfterFork_Parent
 _PyOS_AfterFork_Child = ctypes.pythonapi.PyOS_AfterFork_Child
 
 
+def after_fork_child() -> None:
+    """What the interpreter must redo in a child made by a raw clone (os.fork() does it
+    itself): its thread state, locks and the after_in_child hooks."""
+    _PyOS_AfterFork_Child()
+
+
 def _check(ret: int, what: str) -> int:
     if ret < 0:
         err = ctypes.get_errno()
@@ -114,7 +120,7 @@ class Clone:
     that a call writes as few pages as it can (see cloner.py for why that matters)."""
 
     def __init__(self, flags: int) -> None:
-        tid = _tid_address()
+        tid = tid_address()
         if tid is not None:
             flags |= CLONE_CHILD_SETTID
         self.args = (SYS_clone, ctypes.c_ulong(flags | 17), None, None, ctypes.c_void_p(tid), None)
@@ -132,7 +138,7 @@ class Clone:
         return pid
 
 
-def _tid_address() -> int | None:
+def tid_address() -> int | None:
     """The address of this thread's tid in glibc's descriptor of it (struct pthread), which
     no interface gives (pthread_gettid_np reads it, from glibc 2.42). Found by looking for
     the tid in the descriptor's first KiB (it is at 720 in glibc 2.26 to 2.40 on x86_64);

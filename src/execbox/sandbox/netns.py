@@ -26,6 +26,7 @@ namespace for three syscalls instead.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import re
@@ -33,49 +34,58 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from execbox.sandbox import libc
+from execbox.sandbox import libc, native
 
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 _IFREQ = struct.Struct("16sH14x")
 # what a sandbox can read of its namespace's state: whatever a process without capabilities
 # leaves behind there moves one of these (a packet on lo, a counter, a socket); ~150 us
-# to read in all
+# to read in all (cloner.c reads them)
 _OBSERVED = ("dev", "snmp", "snmp6", "sockstat", "sockstat6", "unix")
 _PATHS = tuple(f"/proc/thread-self/net/{name}" for name in _OBSERVED)
 _SOCKSTAT = _PATHS[3]  # its used, orphan, alloc and mem count the whole host
-BUF = 16384  # a new namespace's files are 4 KiB at most
+BUF = 16384  # a new namespace's files are 4 KiB at most (cloner.c's NETNS_BUF)
 # ~160 KiB of kernel memory each (measured): a few dozen cover a zygote's pool and its
 # running sandboxes; past that a namespace is torn down as before
 KEEP = 32
 
 
-Matcher = tuple["bytes | re.Pattern[bytes]", ...]  # one per file of _OBSERVED
+# in a Template, one or more digits (cloner.c matches it)
+ANY_NUMBER = b"\x01"
 
 
-def _matcher(raw: list[bytes]) -> Matcher:
-    """Each file's bytes as a new namespace reads them; sockstat's as a pattern in which its
-    host-wide numbers may be anything."""
-    sock = re.escape(raw[_PATHS.index(_SOCKSTAT)])
-    sock = re.sub(rb"\b(used|orphan|alloc|mem)\\ \d+", rb"\1\\ \\d+", sock)
-    return tuple(
-        re.compile(sock) if path == _SOCKSTAT else data
-        for path, data in zip(_PATHS, raw, strict=True)
-    )
+class Template(ctypes.Structure):
+    """What each file of _OBSERVED reads as in a new namespace, as cloner.c reads it:
+    exact, but for sockstat's host-wide numbers (ANY_NUMBER). Built once, in the zygote."""
+
+    _fields_ = [
+        ("nfiles", ctypes.c_int),
+        ("paths", ctypes.POINTER(ctypes.c_char_p)),
+        ("expected", ctypes.POINTER(ctypes.c_char_p)),
+        ("lengths", ctypes.POINTER(ctypes.c_uint32)),
+    ]
+
+    def __init__(self, raw: list[bytes], paths: tuple[str, ...] = _PATHS) -> None:
+        self.texts = [  # what the pointers point into
+            re.sub(rb"\b(used|orphan|alloc|mem) \d+", rb"\1 " + ANY_NUMBER, data)
+            if path == _SOCKSTAT
+            else data
+            for path, data in zip(paths, raw, strict=True)
+        ]
+        n = len(paths)
+        super().__init__(
+            n,
+            (ctypes.c_char_p * n)(*(p.encode() for p in paths)),
+            (ctypes.c_char_p * n)(*self.texts),
+            (ctypes.c_uint32 * n)(*(len(t) for t in self.texts)),
+        )
 
 
-def reads_as_new(want: Matcher, buf: bytearray) -> bool:
-    """Whether this thread's namespace reads as `want` (pristine). File by file into `buf`,
-    which the cloner allocates once, compared in place: every page the cloner's loop writes
-    is a copy-on-write fault after each clone, and a page more of the last sandbox's own
-    (reading into new bytes and normalising them cost ~50 more faults per clone)."""
-    for path, expected in zip(_PATHS, want, strict=True):
-        n = _read(path, buf)
-        if isinstance(expected, bytes):
-            if n != len(expected) or not buf.startswith(expected):
-                return False
-        elif expected.fullmatch(buf, 0, n) is None:
-            return False
-    return True
+def reads_as_new(want: Template) -> bool:
+    """Whether this thread's namespace reads as `want` (pristine): cloner.c's check, which
+    the cloner makes before each clone into a kept namespace."""
+    lib = native.library()
+    return bool(lib.execbox_netns_is_new(ctypes.byref(want)))
 
 
 def _read(path: str, buf: bytearray) -> int:
@@ -94,7 +104,7 @@ def _bring_up_lo() -> None:
         fcntl.ioctl(s, _SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | _IFF_UP))
 
 
-def pristine(home: int) -> Matcher:
+def pristine(home: int) -> Template:
     """A namespace just made, with `lo` up, as a sandbox reads it (what reads_as_new
     compares with): made for this and torn down. `home` is an fd of the caller's own
     namespace, to which it returns."""
@@ -102,7 +112,7 @@ def pristine(home: int) -> Matcher:
     try:
         _bring_up_lo()
         buf = bytearray(BUF)
-        return _matcher([bytes(buf[: _read(path, buf)]) for path in _PATHS])
+        return Template([bytes(buf[: _read(path, buf)]) for path in _PATHS])
     finally:
         libc.setns(home, libc.CLONE_NEWNET)  # failing here is a bug: it raises
 
@@ -114,7 +124,7 @@ class NetnsPool:
     it can be used)."""
 
     home: int  # an fd of the zygote's own namespace, to which it always returns
-    pristine: Matcher  # what the cloner compares a kept namespace with
+    pristine: Template  # what the cloner compares a kept namespace with
     keep: int = KEEP
     free: list[int] = field(default_factory=list)
 

@@ -5,9 +5,7 @@ root and its private directories (mounts.py), the ids, the Landlock rules (landl
 the seccomp filter (seccomp.py). A sandbox then makes one call, which writes none of the
 memory it shares with the zygote but its own stack.
 
-`make install` builds `_seal.so` beside this file (gcc, which every supported host has);
-it is a plain C library, loaded with ctypes, so both the server's and the sandboxes'
-interpreters use it.
+It is part of execbox's C library (native.py).
 """
 
 from __future__ import annotations
@@ -16,7 +14,8 @@ import ctypes
 import os
 from collections.abc import Sequence
 
-LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_seal.so")
+from execbox.sandbox import native
+
 ERR_BYTES = 256
 
 
@@ -53,14 +52,9 @@ class SealSpec(ctypes.Structure):
     ]
 
 
-class SealMissing(RuntimeError):
-    """_seal.so is not built."""
-
-
 def library() -> ctypes.CDLL:
-    if not os.path.exists(LIBRARY):
-        raise SealMissing(f"{LIBRARY} is missing: build it with `make install`")
-    lib = ctypes.CDLL(LIBRARY, use_errno=True)
+    """The library with the seal's functions declared; NativeMissing if it is not built."""
+    lib = native.library()
     lib.execbox_seal.argtypes = [
         ctypes.POINTER(SealSpec),
         ctypes.c_char_p,
