@@ -48,10 +48,11 @@ struct execbox_cloner {
     const struct execbox_netns_template *pristine;
 };
 
-/* What a new sandbox gets: the fds of its request, in the order they were sent. */
+/* What a new sandbox gets: the fds of its request, in the order they were sent. The caller
+ * makes room for max_fds + 1 of them. */
 struct execbox_clone_request {
     int nfds;
-    int fds[CLONER_MAX_FDS];
+    int fds[];
 };
 
 static int matches(const char *want, size_t wn, const char *got, size_t gn) {
@@ -163,28 +164,24 @@ int execbox_cloner_serve(const struct execbox_cloner *c, struct execbox_clone_re
             if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
                 continue;
             int k = (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            if (k > CLONER_MAX_FDS - n)
-                k = CLONER_MAX_FDS - n;
+            if (k > max - n)
+                k = max - n;
             memcpy(out->fds + n, CMSG_DATA(h), sizeof(int) * (size_t)k);
             n += k;
         }
         if (n == 0)
             return 1; /* the end of the line, or a message without fds: the zygote is gone */
         int kept = kind == 'N' && n > c->sandbox_fds ? out->fds[--n] : -1;
-        long pid;
+        long pid = -EINVAL; /* not a request this loop understands */
         int fresh = 0;
-        int entered = kept >= 0 && n >= c->sandbox_fds ? enter_if_new(c, kept) : 0;
-        if (entered < 0)
-            return entered;
-        if (n < c->sandbox_fds) {
-            pid = -EINVAL; /* not a request this loop understands */
-        } else if (entered) {
-            pid = do_clone(c->flags_into, c->tid);
-            if (pid != 0 && setns(c->home, CLONE_NEWNET) != 0)
+        if (n >= c->sandbox_fds) {
+            int entered = kept >= 0 ? enter_if_new(c, kept) : 0;
+            if (entered < 0)
+                return entered;
+            fresh = !entered;
+            pid = do_clone(entered ? c->flags_into : c->flags_new, c->tid);
+            if (entered && pid != 0 && setns(c->home, CLONE_NEWNET) != 0)
                 return -errno;
-        } else {
-            pid = do_clone(c->flags_new, c->tid);
-            fresh = 1;
         }
         if (pid == 0) {
             /* the sandbox must not hold the zygote's line to the cloner: then the cloner's

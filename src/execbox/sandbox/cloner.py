@@ -160,7 +160,7 @@ class _Loop(ctypes.Structure):
 class _Request(ctypes.Structure):
     """cloner.c's struct execbox_clone_request: a new sandbox's fds."""
 
-    _fields_ = [("nfds", ctypes.c_int), ("fds", ctypes.c_int * 64)]  # CLONER_MAX_FDS
+    _fields_ = [("nfds", ctypes.c_int), ("fds", ctypes.c_int * (MAX_FDS + 1))]
 
 
 def _serve(
@@ -177,8 +177,7 @@ def _serve(
         os.closerange(3, keep)
         libc.close_range(keep + 1)
         home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        tid = libc.tid_address()
-        flags |= libc.CLONE_PARENT | signal.SIGCHLD | (libc.CLONE_CHILD_SETTID if tid else 0)
+        flags, tid = libc.clone_args(flags | libc.CLONE_PARENT)
         loop = _Loop(
             keep,
             home,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
 import threading
 
 from execbox.sandbox import kernfiles
@@ -104,38 +105,35 @@ def clone(flags: int) -> int:
 
     os.fork() cannot take namespace flags, and unshare(CLONE_NEWPID) only affects the
     caller's children, which would cost a second fork. The interpreter's fork hooks run
-    around the raw syscall exactly as os.fork() runs them.
-
-    The kernel writes the child's tid where glibc keeps it (CLONE_CHILD_SETTID): glibc's
-    fork() updates it, a raw clone does not, and pthread_kill() of the main thread signals
-    that tid. A stale one, the parent's host tid, is no thread in the sandbox's pid
-    namespace (signal.pthread_kill(threading.main_thread().ident, ...) from a thread failed
-    with ESRCH), and it showed the code a host tid.
+    around the raw syscall exactly as os.fork() runs them. (The cloner makes its clones
+    in C, cloner.c, with the same arguments: clone_args.)
     """
-    return Clone(flags)()
+    flags, tid = clone_args(flags)
+    _PyOS_BeforeFork()
+    pid = _pylibc.syscall(SYS_clone, ctypes.c_ulong(flags), None, None, ctypes.c_void_p(tid), None)
+    if pid == 0:
+        _PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    _PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone: {os.strerror(err)}")
+    return pid
 
 
-class Clone:
-    """clone(flags) made again and again by one thread: its arguments are built once, so
-    that a call writes as few pages as it can (see cloner.py for why that matters)."""
-
-    def __init__(self, flags: int) -> None:
-        tid = tid_address()
-        if tid is not None:
-            flags |= CLONE_CHILD_SETTID
-        self.args = (SYS_clone, ctypes.c_ulong(flags | 17), None, None, ctypes.c_void_p(tid), None)
-
-    def __call__(self) -> int:
-        _PyOS_BeforeFork()
-        pid = _pylibc.syscall(*self.args)  # 17 above: SIGCHLD
-        if pid == 0:
-            _PyOS_AfterFork_Child()
-            return 0
-        err = ctypes.get_errno()
-        _PyOS_AfterFork_Parent()
-        if pid < 0:
-            raise OSError(err, f"clone: {os.strerror(err)}")
-        return pid
+def clone_args(flags: int) -> tuple[int, int | None]:
+    """The flags and child-tid address for a raw clone(flags) that ends like a fork: the
+    parent gets SIGCHLD, and the kernel writes the child's tid where glibc keeps it
+    (CLONE_CHILD_SETTID). glibc's fork() updates it, a raw clone does not, and
+    pthread_kill() of the main thread signals that tid. A stale one, the parent's host tid,
+    is no thread in the sandbox's pid namespace (signal.pthread_kill(
+    threading.main_thread().ident, ...) from a thread failed with ESRCH), and it showed the
+    code a host tid."""
+    tid = tid_address()
+    flags |= signal.SIGCHLD
+    if tid is not None:
+        flags |= CLONE_CHILD_SETTID
+    return flags, tid
 
 
 def tid_address() -> int | None:

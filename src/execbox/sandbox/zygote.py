@@ -742,11 +742,10 @@ class Zygote:
             time.sleep(0.05)  # don't spin on a persistent failure
 
     def handle(self, msg: dict[str, Any]) -> None:
+        """An engine message other than a take (takes wait in the backlog: on_engine)."""
         op = msg.get("op")
         if op == "claim":
             self.claim(msg)
-        elif op == "take":
-            self.take(msg)
         elif op == "kill":
             box = self.live.get(msg.get("sid", ""))
             if box is not None:
