@@ -210,3 +210,29 @@ def test_requests_never_block_on_a_cloner_that_is_itself_blocked_on_its_replies(
         ours.close()
         peer.join(5)
         theirs.close()
+
+
+def test_the_cloner_refuses_a_request_it_does_not_understand_and_ends_with_the_zygote() -> None:
+    """cloner.c's loop, on its own: a request with fewer fds than a sandbox starts with is
+    answered with EINVAL (nothing is cloned from it), and the loop goes on; the end of the
+    zygote's line ends the cloner, cleanly."""
+    import errno
+
+    from execbox.sandbox import child, libc, netns
+    from execbox.sandbox.cloner import Cloner, Reply
+
+    spec = child.ChildSpec(
+        root="/nonexistent", seccomp_bpf=b"", tmp_bytes=1, work_bytes=1, cap_last_cap=40
+    )
+    handle = Cloner.start(spec, libc.NAMESPACE_FLAGS, netns.Template([b""] * 6))
+    fd = os.open("/dev/null", os.O_RDONLY)
+    try:
+        handle.request((fd, fd))
+        handle.request((fd,) * 3, netns=fd)  # a kept namespace does not make up for them
+        assert [handle.wait_reply(5), handle.wait_reply(5)] == [Reply(-errno.EINVAL, False)] * 2
+    finally:
+        os.close(fd)
+    handle.sock.close()
+    _, status = os.waitpid(handle.pid, 0)
+    os.close(handle.pidfd)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -67,3 +67,17 @@ def test_without_the_library_the_error_says_how_to_build_it(monkeypatch) -> None
     assert not check.ok and check.required
     refusal = host.refusal([check])
     assert refusal is not None and "C library" in refusal and "make install" in refusal
+
+
+def test_a_library_without_every_function_is_refused(monkeypatch) -> None:
+    """One built from older sources (before the cloner's loop was C, say) loads, but lacks
+    what execbox calls: the check names what is missing."""
+    import ctypes.util
+
+    other = ctypes.util.find_library("m")  # a library that loads, and is not ours
+    assert other is not None
+    monkeypatch.setattr(native, "LIBRARY", os.path.join("/lib/x86_64-linux-gnu", other))
+    assert os.path.exists(native.LIBRARY)
+    check = host.check_native()
+    assert not check.ok and check.required
+    assert "execbox_seal" in check.detail and "make install" in check.fix
