@@ -291,16 +291,16 @@ def _uss_kib(pid: int) -> int:
     return total
 
 
-def server_zygote(server_pid: int, runtime: str = "python") -> int | None:
-    """The server's zygote of a runtime: a child whose cmdline runs execbox.sandbox.zygote
-    with that runtime in its JSON configuration."""
+def server_zygote(server_pid: int, name: str = "python") -> int | None:
+    """The server's zygote of that name (a runtime's, or python-heavy): a child whose
+    cmdline runs execbox.sandbox.zygote with that name in its JSON configuration."""
     for pid in _children(server_pid):
         with contextlib.suppress(OSError, ValueError):
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
             if b"execbox.sandbox.zygote" in b" ".join(argv):
                 cfg = json.loads(next(a for a in reversed(argv) if a.startswith(b"{")))
-                if cfg.get("runtime") == runtime:
+                if cfg.get("name", cfg.get("runtime")) == name:
                     return pid
     return None
 

@@ -93,7 +93,7 @@ def pool_target(z: Supervisor, now: float, floor: int, ceiling: int) -> int:
     return z.pool_target - 1
 
 
-ZYGOTES_MAX = 4  # python, node, bash and one spare: the uid span each server takes
+ZYGOTES_MAX = 4  # python, python-heavy, node, bash: the uid span each server takes
 
 
 def sandbox_uid_base(s: Settings, pid: int) -> int:
@@ -134,24 +134,31 @@ class Engine:
         self.listeners: list[Any] = []  # callables(job, outcome), e.g. metrics
         self._autoscaler: asyncio.Task[None] | None = None
         self._tag = secrets.token_hex(3)
+        self._heavy = runtimes.heavy_pattern(settings.preload_python_heavy)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
-    def _launch(self, index: int, runtime: str) -> ZygoteLaunch:
+    def _launch(self, index: int, name: str) -> ZygoteLaunch:
+        """The zygote `name`: a runtime's (ZYGOTE_OF), or the heavy Python one."""
         s = self.settings
         base = sandbox_uid_base(s, os.getpid())
         prefix = s.cgroup_prefix or f"execbox/{os.getpid()}"
         ro_paths = [os.path.dirname(self.paths.python_bin_dir)]  # the runtime env's home
+        runtime = "python" if name == runtimes.PYTHON_HEAVY else name
+        preload = list(s.preload_python) if runtime == "python" else []
+        if name == runtimes.PYTHON_HEAVY:
+            preload += s.preload_python_heavy
         return ZygoteLaunch(
             runtime=runtime,
+            name=name,
             python=s.runtime_python,
-            root=self._root_of(runtime),
+            root=self._root_of(name),
             ro_paths=ro_paths,
             uid_base=base + index * UIDS_PER_ZYGOTE,
             uid_count=UIDS_PER_ZYGOTE,
-            cgroup_prefix=f"{prefix}/{runtime}",
+            cgroup_prefix=f"{prefix}/{name}",
             pool_size=s.pool_size,
-            preload=list(s.preload_python) if runtime == "python" else [],
+            preload=preload,
             tmp_bytes=s.limits.default.tmp_bytes,
             work_bytes=s.limits.default.workdir_bytes,
             default_memory_bytes=s.limits.default.memory_bytes,
@@ -170,18 +177,18 @@ class Engine:
     async def start(self) -> None:
         reaper.become_subreaper()
         await asyncio.to_thread(self._sweep_dead_servers)
-        needed = sorted(
-            {runtimes.ZYGOTE_OF[r] for r in (*self.settings.runtimes, "command")}
-            - {r for r in ("node", "bash") if self.missing(r)}  # a prestart would fail forever
-        )
-        for i, name in enumerate(needed):
+        needed = {runtimes.ZYGOTE_OF[r] for r in (*self.settings.runtimes, "command")}
+        needed -= {r for r in ("node", "bash") if self.missing(r)}  # a prestart would fail forever
+        if "python" in needed and self._heavy is not None:
+            needed.add(runtimes.PYTHON_HEAVY)
+        for i, name in enumerate(sorted(needed)):
             self.zygotes[name] = Supervisor(self._launch(i, name), on_death=self._zygote_died)
         results = await asyncio.gather(
             *(z.start() for z in self.zygotes.values()), return_exceptions=True
         )
         for z, res in zip(self.zygotes.values(), results, strict=True):
             if isinstance(res, BaseException):
-                log.error("%s zygote failed to start: %s", z.runtime, res)
+                log.error("%s zygote failed to start: %s", z.name, res)
         self.started = True
         self._autoscaler = asyncio.get_running_loop().create_task(self._autoscale())
 
@@ -347,7 +354,7 @@ class Engine:
         missing = self.missing(job.runtime)
         if missing:
             return Outcome(Status.INTERNAL_ERROR, error=missing, timings=timings)
-        zygote = self.zygotes.get(runtimes.ZYGOTE_OF[job.runtime])
+        zygote = self._zygote_for(job)
         if zygote is None:
             return Outcome(Status.INTERNAL_ERROR, error=f"runtime {job.runtime} is not enabled")
         t_take = time.monotonic()
@@ -371,6 +378,14 @@ class Engine:
         finally:
             lease.kill()  # no-op when it already exited; never leave one running
             lease.close_fds()
+
+    def _zygote_for(self, job: Job) -> Supervisor | None:
+        zygote = self.zygotes.get(runtimes.zygote_for(job, self._heavy))
+        if zygote is None or (zygote.name == runtimes.PYTHON_HEAVY and not zygote.ready):
+            # while the heavy zygote is down (or failed to import its modules) the lean one
+            # runs the job: its code imports what it names, only slower
+            zygote = self.zygotes.get(runtimes.ZYGOTE_OF[job.runtime])
+        return zygote
 
     async def _drive(
         self, job: Job, payload: dict[str, Any], lease: Lease, timings: Timings

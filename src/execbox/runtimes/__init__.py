@@ -8,6 +8,7 @@ import json
 import math
 import os
 import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,32 @@ WORKDIR = "/workspace"
 # Which zygote (and pool) serves each runtime. `command` execs an arbitrary argv, so it
 # shares the bash zygote, which pre-imports nothing.
 ZYGOTE_OF = {"python": "python", "node": "node", "bash": "bash", "command": "bash"}
+# The second Python zygote, which also imports Settings.preload_python_heavy (numpy).
+PYTHON_HEAVY = "python-heavy"
+
+
+def heavy_pattern(heavy: tuple[str, ...]) -> re.Pattern[str] | None:
+    """What names one of the heavy modules in a job's code: the top-level name as a word
+    (`import numpy as np`, `from numpy.linalg import norm`), or None without any."""
+    names = sorted({m.split(".")[0] for m in heavy if m})
+    return re.compile(rf"\b(?:{'|'.join(map(re.escape, names))})\b") if names else None
+
+
+def zygote_for(job: Job, heavy: re.Pattern[str] | None) -> str:
+    """The zygote to run `job` in. A Python job whose code, or one of its .py files, names a
+    heavy module goes to the zygote that has it imported already (an import of numpy in a
+    fresh interpreter takes ~90 ms); any other to the lean one, which costs less per
+    execution. Only speed depends on this: either zygote runs any Python code, and a
+    module named only in a string (`__import__("nu" + "mpy")`) is imported when the code
+    runs."""
+    if job.runtime != "python" or heavy is None:
+        return ZYGOTE_OF[job.runtime]
+    if job.code and heavy.search(job.code):
+        return PYTHON_HEAVY
+    for path, data in job.files.items():
+        if path.endswith(".py") and heavy.search(data.decode("utf-8", "replace")):
+            return PYTHON_HEAVY
+    return ZYGOTE_OF["python"]
 
 
 class InvalidJob(ValueError):

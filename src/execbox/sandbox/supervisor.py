@@ -51,6 +51,7 @@ class ZygoteLaunch:
     default_memory_bytes: int
     default_pids: int
     prestart: list[str] | None = None
+    name: str = ""  # the pool's name, when it is not the runtime's (python-heavy)
 
 
 @dataclass
@@ -115,10 +116,15 @@ class Supervisor:
     def runtime(self) -> str:
         return self.launch.runtime
 
+    @property
+    def name(self) -> str:
+        return self.launch.name or self.launch.runtime
+
     async def start(self, timeout: float = 60.0) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cfg = {k: v for k, v in asdict(self.launch).items() if k != "python"}
+        cfg["name"] = self.name
         cfg["sock_fd"] = theirs.fileno()
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         self.proc = subprocess.Popen(
@@ -138,11 +144,11 @@ class Supervisor:
         try:
             hello = await asyncio.wait_for(self._hello, timeout)
         except TimeoutError:
-            self.last_error = f"{self.runtime} zygote did not start within {timeout:.0f}s"
+            self.last_error = f"{self.name} zygote did not start within {timeout:.0f}s"
             self._teardown()
             raise ZygoteError(self.last_error) from None
         if hello.get("op") == "fatal":
-            self.last_error = f"{self.runtime} zygote failed: {hello.get('error')}"
+            self.last_error = f"{self.name} zygote failed: {hello.get('error')}"
             self._teardown()
             raise ZygoteError(self.last_error)
         self.ready = True
@@ -156,7 +162,7 @@ class Supervisor:
         its code runs. With other limits it is taken by name, and the zygote answers once
         they are set; without an offer, the zygote picks or starts one."""
         if not self.ready or self.sock is None:
-            raise ZygoteError(self.last_error or f"{self.runtime} zygote is not running")
+            raise ZygoteError(self.last_error or f"{self.name} zygote is not running")
         offer = None
         if session is None and self._offers:
             offer = self._offers.pop(next(iter(self._offers)))
@@ -179,7 +185,7 @@ class Supervisor:
             self._takes.pop(req, None)
             _close(held)
             if isinstance(exc, OSError):
-                raise ZygoteError(f"{self.runtime} zygote unreachable: {exc}") from exc
+                raise ZygoteError(f"{self.name} zygote unreachable: {exc}") from exc
             raise
         if reply["op"] == "error":
             _close(held)
@@ -209,7 +215,7 @@ class Supervisor:
         except BlockingIOError:
             return False
         except OSError as exc:
-            raise ZygoteError(f"{self.runtime} zygote unreachable: {exc}") from exc
+            raise ZygoteError(f"{self.name} zygote unreachable: {exc}") from exc
         self.pool_size = max(0, self.pool_size - 1)
         return True
 
@@ -330,7 +336,7 @@ class Supervisor:
                     lease.gone.set_result(None)
             elif msg.get("setup_error"):
                 self.last_error = f"sandbox setup failed: {msg['setup_error']}"
-                log.error("%s sandbox %s: %s", self.runtime, msg["sid"], self.last_error)
+                log.error("%s sandbox %s: %s", self.name, msg["sid"], self.last_error)
         elif op == "reaped":
             lease = self._dying.pop(msg["sid"], None)
             if lease is not None and not lease.gone.done():
@@ -343,7 +349,7 @@ class Supervisor:
     def _died(self, why: str) -> None:
         was_ready = self.ready
         self._teardown()
-        err = ZygoteError(f"{self.runtime} zygote died ({why})")
+        err = ZygoteError(f"{self.name} zygote died ({why})")
         for fut in self._takes.values():
             if not fut.done():
                 fut.set_exception(err)
@@ -374,7 +380,7 @@ class Supervisor:
                 self.restarts += 1
                 return
             except ZygoteError as exc:
-                log.error("restart of %s zygote failed: %s", self.runtime, exc)
+                log.error("restart of %s zygote failed: %s", self.name, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

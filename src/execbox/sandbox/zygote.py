@@ -74,6 +74,7 @@ class ZygoteConfig:
     default_memory_bytes: int
     default_pids: int
     prestart: list[str] | None = None
+    name: str = ""  # its pool's name (ZygoteLaunch.name): what `ps` and the bench tell it by
 
 
 @dataclass
