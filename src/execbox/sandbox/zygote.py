@@ -882,6 +882,9 @@ def main() -> None:
         protocol.send(sock, {"op": "fatal", "error": f"{type(exc).__name__}: {exc}"})
         traceback.print_exc()
         sys.exit(1)
+    # A sandbox's environment is its job's alone: emptied once here rather than in every
+    # sandbox, where os.environ.clear() was ~25 copy-on-write faults of first-run Python
+    os.environ.clear()
     # the sandbox must not find the server's source tree on its path
     src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != src]
