@@ -53,11 +53,11 @@ def test_the_lean_zygote_imports_numpy_when_the_code_does_so_unnamed(engine) -> 
 
 def test_while_the_heavy_zygote_is_down_the_lean_one_runs_its_jobs(engine) -> None:
     sup = engine.engine.zygotes[runtimes.PYTHON_HEAVY]
-    sup.ready = False  # what a dead or restarting zygote shows
+    was, sup.ready = sup.ready, False  # what a dead or restarting zygote shows
     try:
         out = engine.py(HAS_NUMPY + "\nimport numpy\nprint(numpy.ones(3).sum())")
     finally:
-        sup.ready = True
+        sup.ready = was
     assert out.status is Status.SUCCESS, out.stderr
     assert out.stdout == b"False\n3.0\n"
 
