@@ -158,11 +158,14 @@ def test_a_file_that_is_also_a_directory_is_refused_before_any_sandbox(engine) -
 def test_python_code_sees_its_jobs_environment_and_nothing_else(engine, numpy: bool) -> None:
     """Nothing of the zygote's own environment (PATH, LANG, OPENBLAS_NUM_THREADS as it set
     them) is left in a sandbox: os.environ and the process's real environment block (what
-    a program started with execv would inherit) are the job's, in both Python zygotes."""
+    a program started with execv would inherit) are the job's, in both Python zygotes, and
+    in its order, as a fresh interpreter given it would list them. The job sets each of the
+    zygote's variables again, but a variable set again keeps its place (in a dict, and in
+    libc's block), so one left behind would show first, out of the job's order."""
     code = (
         ("# numpy\n" if numpy else "")
         + "import os, json\n"
-        + "print(json.dumps(dict(os.environ)))\n"
+        + "print(json.dumps(list(os.environ.items())))\n"
         + "import ctypes\n"
         + "block = ctypes.POINTER(ctypes.c_char_p).in_dll(ctypes.CDLL(None), 'environ')\n"
         + "n = next(i for i in range(1000) if not block[i])\n"
@@ -172,5 +175,5 @@ def test_python_code_sees_its_jobs_environment_and_nothing_else(engine, numpy: b
     assert out.status is Status.SUCCESS, out.stderr
     want = runtimes.base_env(engine.engine.paths) | {"GREETING": "hi"}
     seen, block = (json.loads(line) for line in out.stdout.splitlines())
-    assert seen == want
-    assert dict(v.split("=", 1) for v in block) == want
+    assert seen == [list(item) for item in want.items()]
+    assert block == [f"{k}={v}" for k, v in want.items()]

@@ -59,9 +59,6 @@ MS_SLAVE = 1 << 19
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 CAP_SYS_NICE = 23
-PR_SET_NO_NEW_PRIVS = 38
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 
 _libc.syscall.restype = ctypes.c_long

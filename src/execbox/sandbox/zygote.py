@@ -877,7 +877,7 @@ def main() -> None:
             prestart=cfg.prestart,
             cap_last_cap=libc.cap_last_cap(),
         )
-        spec = dataclasses.replace(spec, seal=child.make_seal(spec))  # SealMissing if unbuilt
+        spec = dataclasses.replace(spec, seal=child.make_seal(spec))  # NativeMissing if unbuilt
     except Exception as exc:
         protocol.send(sock, {"op": "fatal", "error": f"{type(exc).__name__}: {exc}"})
         traceback.print_exc()
