@@ -59,6 +59,7 @@ MS_SLAVE = 1 << 19
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 CAP_SYS_NICE = 23
+PR_SET_NO_NEW_PRIVS = 38
 
 
 _libc.syscall.restype = ctypes.c_long
