@@ -134,7 +134,7 @@ class Engine:
         self.listeners: list[Any] = []  # callables(job, outcome), e.g. metrics
         self._autoscaler: asyncio.Task[None] | None = None
         self._tag = secrets.token_hex(3)
-        self._heavy = runtimes.heavy_pattern(settings.preload_python_heavy)
+        self._heavy = runtimes.heavy_names(settings.preload_python_heavy)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -282,6 +282,22 @@ class Engine:
                 "error": error,
                 "memory_mb": self.settings.limits.default.memory_bytes >> 20,
             }
+        heavy = self.zygotes.get(runtimes.PYTHON_HEAVY)
+        if "python" in out and self._heavy is not None:
+            # not a runtime of its own: while it is down its jobs run in the python zygote,
+            # which imports numpy for each of them (~90 ms): a warning, not a problem
+            error = None
+            if heavy is None or not heavy.ready:
+                error = heavy.last_error if heavy and heavy.last_error else "not running"
+            elif heavy.preload_failed:
+                failed = heavy.preload_failed.items()
+                error = "; ".join(f"cannot import {m}: {why}" for m, why in failed)
+            out[runtimes.PYTHON_HEAVY] = {
+                "ready": error is None,
+                "error": error,
+                "memory_mb": self.settings.limits.default.memory_bytes >> 20,
+                "fallback": "python",
+            }
         return out
 
     # ---- running -----------------------------------------------------------------------------
@@ -358,16 +374,14 @@ class Engine:
         if zygote is None:
             return Outcome(Status.INTERNAL_ERROR, error=f"runtime {job.runtime} is not enabled")
         t_take = time.monotonic()
+        limits = {
+            "memory_bytes": job.limits.memory_bytes,
+            "pids": job.limits.pids,
+            "cpu_limit_ns": int(job.limits.cpu_time_s * 1e9),
+            "fds": job.limits.fds,
+        }
         try:
-            lease = await zygote.take(
-                {
-                    "memory_bytes": job.limits.memory_bytes,
-                    "pids": job.limits.pids,
-                    "cpu_limit_ns": int(job.limits.cpu_time_s * 1e9),
-                    "fds": job.limits.fds,
-                },
-                session,
-            )
+            lease = await self._take(zygote, job, limits, session)
         except ZygoteError as exc:
             return Outcome(Status.INTERNAL_ERROR, error=str(exc), timings=timings)
         timings.fork_ms = (time.monotonic() - t_take) * 1000
@@ -378,6 +392,25 @@ class Engine:
         finally:
             lease.kill()  # no-op when it already exited; never leave one running
             lease.close_fds()
+
+    async def _take(
+        self,
+        zygote: Supervisor,
+        job: Job,
+        limits: dict[str, Any],
+        session: dict[str, Any] | None,
+    ) -> Lease:
+        """A sandbox from `zygote`. When the heavy Python zygote fails the take (it died
+        during it, say) the lean one serves the job: nothing of the job has reached a
+        sandbox before a take succeeds, so it runs once either way."""
+        try:
+            return await zygote.take(limits, session)
+        except ZygoteError as exc:
+            lean = self.zygotes.get(runtimes.ZYGOTE_OF[job.runtime])
+            if zygote.name != runtimes.PYTHON_HEAVY or lean is None:
+                raise
+            log.warning("job %s: %s; it runs in the %s zygote", job.id, exc, lean.name)
+            return await lean.take(limits, session)
 
     def _zygote_for(self, job: Job) -> Supervisor | None:
         zygote = self.zygotes.get(runtimes.zygote_for(job, self._heavy))

@@ -12,6 +12,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from execbox import runtimes
 from execbox.api.app import create_app
 from tests.api.support import base_settings
 from tests.mounts import unmount_below
@@ -72,6 +73,33 @@ def test_full_disk_gives_507_and_an_unhealthy_health(small_disk: str) -> None:
         finally:
             os.unlink(filler)
         assert client.get("/health").json()["status"] == "healthy"
+
+
+def test_a_heavy_zygote_down_is_a_warning_and_its_jobs_still_run(client: TestClient) -> None:
+    heavy = client.app.state.engine.zygotes[runtimes.PYTHON_HEAVY]  # type: ignore[attr-defined]
+    was, heavy.ready = heavy.ready, False  # what a dead or restarting zygote shows
+    try:
+        r = client.get("/v1/health")
+        body = r.json()
+        assert r.status_code == 200, body  # degraded, not out of service
+        assert body["status"] == "degraded" and body["problems"] == []
+        # only the languages a client can ask for are templates
+        assert body["templates"] == {
+            "python": {"ready": True, "memory_mb": 256},
+            "node": {"ready": True, "memory_mb": 256},
+        }
+        [warning] = body["warnings"]
+        assert warning.startswith("python-heavy: ") and "run in the python zygote" in warning
+        r = client.get("/health")
+        assert r.status_code == 200 and r.json()["status"] == "healthy"
+        assert r.json()["warnings"] == [warning]
+        r = client.post("/v1/exec", json={"code": "import numpy\nprint(numpy.arange(3).sum())"})
+        assert r.status_code == 200 and r.json()["stdout"] == "3\n", r.text
+    finally:
+        heavy.ready = was
+    body = client.get("/v1/health").json()
+    assert body["status"] == "ok" and "warnings" not in body
+    assert "warnings" not in client.get("/health").json()
 
 
 def test_missing_runtime_and_refused_cgroup_limit(client: TestClient) -> None:

@@ -131,7 +131,9 @@ MIN_FREE_BYTES = 8 << 20
 def problems(request: Request) -> list[str]:
     """Everything that keeps this server from doing its work, in words, for health."""
     out = [
-        f"{name}: {r['error']}" for name, r in engine(request).health().items() if not r["ready"]
+        f"{name}: {r['error']}"
+        for name, r in engine(request).health().items()
+        if not r["ready"] and not r.get("fallback")
     ]
     state_dir = policy(request).settings.state_dir
     try:
@@ -142,6 +144,16 @@ def problems(request: Request) -> list[str]:
     except OSError as exc:
         out.append(f"storage: {state_dir}: {exc.strerror}")
     return out
+
+
+def warnings(request: Request) -> list[str]:
+    """What makes this server slower than it should be, in words, for health: a zygote down
+    whose jobs another one runs."""
+    return [
+        f"{name}: {r['error']}; its jobs run in the {r['fallback']} zygote, slower"
+        for name, r in engine(request).health().items()
+        if not r["ready"] and r.get("fallback")
+    ]
 
 
 def storage_error(exc: Exception, dialect: Dialect) -> ApiError:

@@ -37,6 +37,9 @@ class Health(BaseModel):
     isolation: str
     platform: str
     problems: list[str] = []
+    warnings: list[str] = Field(
+        [], description="what slows this server without stopping it (a zygote with a fallback)"
+    )
     cluster: dict[str, Any] | None = Field(
         None, description="cluster mode: this node, Redis, the nodes alive and their capacity"
     )
@@ -128,6 +131,7 @@ async def health(request: Request) -> JSONResponse:
             "isolation": executor.ISOLATION,
             "platform": platform.system(),
             "problems": problems,
+            **({"warnings": warnings} if (warnings := common.warnings(request)) else {}),
             **({"cluster": cluster} if (cluster := await common.cluster_health(request)) else {}),
         },
         status_code=200 if ok else 503,

@@ -108,6 +108,9 @@ class ZbHealth(BaseModel):
     status: Literal["ok", "degraded"]
     templates: dict[str, ZbTemplate]
     problems: list[str] = []
+    warnings: list[str] = Field(
+        [], description="what slows this server without stopping it (a zygote with a fallback)"
+    )
     cluster: dict[str, Any] | None = Field(
         None, description="cluster mode: this node, Redis, the nodes alive and their capacity"
     )
@@ -228,6 +231,7 @@ async def exec_batch(request: Request) -> JSONResponse:
 )
 async def health(request: Request) -> JSONResponse:
     state = common.engine(request).health()
+    # the languages a client can ask for: python-heavy is not one (it shows in warnings)
     templates = {
         name: {"ready": state[name]["ready"], "memory_mb": state[name]["memory_mb"]}
         for name in ("python", "node")
@@ -235,11 +239,12 @@ async def health(request: Request) -> JSONResponse:
     }
     problems = common.problems(request)
     ok = bool(templates) and all(t["ready"] for t in templates.values()) and not problems
-    body: dict[str, Any] = {
-        "status": "ok" if ok else "degraded",
-        "templates": templates,
-        "problems": problems,
-    }
+    body: dict[str, Any] = {"templates": templates, "problems": problems}
+    # a zygote with a fallback (python-heavy) being down slows its jobs and stops none:
+    # "degraded", still 200; the key only then, so the seed's body stays as it is
+    if warnings := common.warnings(request):
+        body["warnings"] = warnings
+    body = {"status": "ok" if ok and not warnings else "degraded", **body}
     if (cluster := await common.cluster_health(request)) is not None:
         body["cluster"] = cluster  # only in cluster mode: the seed's body stays as it is
     return JSONResponse(

@@ -28,14 +28,40 @@ ZYGOTE_OF = {"python": "python", "node": "node", "bash": "bash", "command": "bas
 PYTHON_HEAVY = "python-heavy"
 
 
-def heavy_pattern(heavy: tuple[str, ...]) -> re.Pattern[str] | None:
-    """What names one of the heavy modules in a job's code: the top-level name as a word
-    (`import numpy as np`, `from numpy.linalg import norm`), or None without any."""
+@dataclass(frozen=True)
+class HeavyNames:
+    """What names one of the heavy modules in a job's code: its top-level name as a word
+    (`import numpy as np`, `from numpy.linalg import norm`).
+
+    One pattern per name, each starting with the name itself: re then looks for that
+    literal first, and a 10 MB body that does not name it is scanned in ~4 ms a name, not
+    the ~70 ms an alternation behind a leading word boundary takes (the scan runs on the
+    event loop). Files are searched as bytes, without decoding them."""
+
+    text: tuple[re.Pattern[str], ...]
+    raw: tuple[re.Pattern[bytes], ...]
+
+    def named_in(self, code: str) -> bool:
+        return any(p.search(code) for p in self.text)
+
+    def named_in_file(self, data: bytes) -> bool:
+        return any(p.search(data) for p in self.raw)
+
+
+def heavy_names(heavy: tuple[str, ...]) -> HeavyNames | None:
+    """The matcher for these heavy modules, or None without any."""
     names = sorted({m.split(".")[0] for m in heavy if m})
-    return re.compile(rf"\b(?:{'|'.join(map(re.escape, names))})\b") if names else None
+    if not names:
+        return None
+    # the name, then neither a word character after it nor one before it (a lookbehind
+    # after the literal, so the literal still leads the pattern)
+    word = [rf"{re.escape(n)}(?!\w)(?<!\w{re.escape(n)})" for n in names]
+    return HeavyNames(
+        tuple(re.compile(w) for w in word), tuple(re.compile(w.encode()) for w in word)
+    )
 
 
-def zygote_for(job: Job, heavy: re.Pattern[str] | None) -> str:
+def zygote_for(job: Job, heavy: HeavyNames | None) -> str:
     """The zygote to run `job` in. A Python job whose code, or one of its .py files, names a
     heavy module goes to the zygote that has it imported already (an import of numpy in a
     fresh interpreter takes ~90 ms); any other to the lean one, which costs less per
@@ -44,10 +70,10 @@ def zygote_for(job: Job, heavy: re.Pattern[str] | None) -> str:
     runs."""
     if job.runtime != "python" or heavy is None:
         return ZYGOTE_OF[job.runtime]
-    if job.code and heavy.search(job.code):
+    if job.code and heavy.named_in(job.code):
         return PYTHON_HEAVY
     for path, data in job.files.items():
-        if path.endswith(".py") and heavy.search(data.decode("utf-8", "replace")):
+        if path.endswith(".py") and heavy.named_in_file(data):
             return PYTHON_HEAVY
     return ZYGOTE_OF["python"]
 

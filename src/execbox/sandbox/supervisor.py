@@ -95,6 +95,7 @@ class Supervisor:
     last_error: str | None = None
     restarts: int = 0
     started_at: float = 0.0
+    preload_failed: dict[str, str] = field(default_factory=dict)  # module -> why, at its hello
     _req: int = 0
     _takes: dict[int, asyncio.Future[TakeReply]] = field(default_factory=dict)
     # ready sandboxes the zygote sent ahead of any take, oldest first: (its offer, its fds)
@@ -153,6 +154,9 @@ class Supervisor:
             raise ZygoteError(self.last_error)
         self.ready = True
         self.last_error = None
+        self.preload_failed = dict(hello.get("preload_failed") or {})
+        for module, why in self.preload_failed.items():
+            log.warning("%s zygote could not import %s: %s", self.name, module, why)
         self.started_at = time.monotonic()
         self.pool_target = self.launch.pool_size
 

@@ -135,6 +135,9 @@ class Zygote:
     sample_order: deque[str] = field(default_factory=deque)  # of running, next first
     backlog: deque[dict[str, Any]] = field(default_factory=deque)  # takes read, not yet served
     seq: int = 0
+    # the preloads that could not be imported, and why: told in the hello, so that health
+    # shows a heavy zygote without its numpy (its jobs would import nothing faster)
+    preload_failed: dict[str, str] = field(default_factory=dict)
     strays: bool = False  # children of a dead cloner's lost replies may wait to be reaped
     engine_gone: bool = False
 
@@ -617,7 +620,14 @@ class Zygote:
         self.sock.setblocking(False)
         self.sel.register(self.sock, selectors.EVENT_READ, ("engine", ""))
         self._start_cloner()
-        self.report({"op": "hello", "pid": os.getpid(), "runtime": self.cfg.runtime})
+        self.report(
+            {
+                "op": "hello",
+                "pid": os.getpid(),
+                "runtime": self.cfg.runtime,
+                "preload_failed": self.preload_failed,
+            }
+        )
         next_poll = 0.0
         while True:
             # requests and exits come first; refill only when nothing else is waiting
@@ -856,9 +866,12 @@ def main() -> None:
         # numpy spawns no BLAS threads with this, and the zygote must stay one thread
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
         os.environ["OMP_NUM_THREADS"] = "1"
+        failed = {}
         for name in cfg.preload:
-            with contextlib.suppress(ImportError):
+            try:
                 importlib.import_module(name)
+            except Exception as exc:  # the code would find it broken too: not the zygote's end
+                failed[name] = f"{type(exc).__name__}: {exc}"
         libc.unshare(libc.CLONE_NEWNS)
         mounts.build_root(cfg.root, cfg.ro_paths)
         bpf = build_filter()
@@ -906,6 +919,7 @@ def main() -> None:
         offer_ready=offers_ready(cfg),
     )
     z.free_uids.extend(range(cfg.uid_base, cfg.uid_base + cfg.uid_count))
+    z.preload_failed = failed
     z.serve()
 
 
