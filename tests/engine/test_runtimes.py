@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -177,3 +178,60 @@ def test_python_code_sees_its_jobs_environment_and_nothing_else(engine, numpy: b
     seen, block = (json.loads(line) for line in out.stdout.splitlines())
     assert seen == [list(item) for item in want.items()]
     assert block == [f"{k}={v}" for k, v in want.items()]
+
+
+STREAMS = """
+import json, sys
+def props(s):
+    return [s.fileno(), s.encoding, s.errors, s.line_buffering, s.seekable(),
+            s.readable(), s.writable(), type(s.buffer).__name__, type(s.buffer.raw).__name__,
+            s.buffer.raw.closefd, s is getattr(sys, "__" + name + "__")]
+out = {}
+for name in ("stdin", "stdout", "stderr"):
+    out[name] = props(getattr(sys, name))
+out["read"] = sys.stdin.read()
+out["argv"], out["path0"] = sys.argv, sys.path[0]
+out["main"] = [__name__, sys.modules["__main__"].__dict__ is globals()]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("numpy", [False, True])
+def test_python_std_streams_are_what_python_c_has_on_pipes(engine, numpy: bool) -> None:
+    """The std streams, argv and __main__ Python code finds in a sandbox (made once in the
+    cloner, on a stand-in pipe) are what `python -c` started on pipes has, in both Python
+    zygotes: not seekable, stdout block-buffered, stderr line-buffered with
+    backslashreplace, and stdin reads the job's input."""
+    code = ("# numpy\n" if numpy else "") + STREAMS
+    out = engine.run(Job(runtime="python", code=code, stdin=b"in\xc3\xa9\n"))
+    assert out.status is Status.SUCCESS, out.stderr
+    fresh = subprocess.run(
+        [engine.engine.settings.runtime_python, "-I", "-c", code],
+        input=b"in\xc3\xa9\n",
+        capture_output=True,
+        env=runtimes.base_env(engine.engine.paths),
+        check=True,
+    )
+    want = json.loads(fresh.stdout)
+    want["path0"] = ""  # -I leaves the script's directory off the path; -c puts "" there
+    assert json.loads(out.stdout) == want
+    assert want["stdout"][3:5] == [False, False] and want["stderr"][2:4] == [
+        "backslashreplace",
+        True,
+    ]
+
+
+def test_what_code_does_to_its_main_streams_and_path_stays_in_its_sandbox(engine) -> None:
+    """__main__, the streams, argv and sys.path are made once for every sandbox (in the
+    cloner): each sandbox changes only its own copy."""
+    code = (
+        "import sys\n"
+        "print(globals().get('left'), sys.argv, sys.path.count('/left'))\n"
+        "left = 1\nsys.argv.append('left')\nsys.path.append('/left')\n"
+        "sys.stdout.reconfigure(line_buffering=True)\n"
+        "print(sys.stdout.line_buffering)"
+    )
+    for _ in range(3):
+        out = engine.py(code)
+        assert out.status is Status.SUCCESS, out.stderr
+        assert out.stdout == b"None ['-c'] 0\nTrue\n"

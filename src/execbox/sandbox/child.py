@@ -19,6 +19,7 @@ import resource
 import select
 import shlex
 import signal
+import types
 from dataclasses import dataclass, field, replace
 
 from execbox.runtimes import python_inproc
@@ -58,6 +59,9 @@ class ChildSpec:
     prestart: list[str] | None = None  # an interpreter to start while waiting in the pool
     hostname: str = "sandbox"
     seal: seal.Seal | None = field(default=None, compare=False, repr=False)  # make_seal's
+    # a Python sandbox's __main__, std streams and all, made once by the cloner
+    # (python_inproc.prebuild); None: each sandbox makes its own
+    main: types.ModuleType | None = field(default=None, compare=False, repr=False)
 
 
 def _arrange_fds(fds: tuple[int, ...]) -> None:
@@ -165,7 +169,9 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def run_job(spec: ChildSpec) -> int:
     """Read the job from the engine and run it. Returns an exit status or never returns."""
-    main = python_inproc.prepare() if spec.runtime == "python" else None
+    main = None
+    if spec.runtime == "python":
+        main = python_inproc.after_clone(spec.main) if spec.main else python_inproc.prepare()
     try:
         warm = _prestart(spec.prestart, spec.runtime == "node") if spec.prestart else None
     except OSError as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
+import dataclasses
 import os
 import select
 import signal
@@ -30,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from execbox.runtimes import python_inproc
 from execbox.sandbox import child, libc, native, netns, protocol
 
 # the fds a sandbox starts with, in this order (see child.main), then its cgroup.procs files
@@ -188,6 +190,8 @@ def _serve(
             MAX_FDS,
             ctypes.pointer(pristine),
         )
+        if spec.runtime == "python":
+            spec = dataclasses.replace(spec, main=python_inproc.prebuild())
         request = _Request()
         serve = native.holding_lock().execbox_cloner_serve
         rc = serve(ctypes.byref(loop), ctypes.byref(request))
