@@ -164,6 +164,7 @@ class Engine:
             default_memory_bytes=s.limits.default.memory_bytes,
             default_pids=s.limits.default.pids,
             prestart=self._prestart(runtime),
+            env=runtimes.base_env(self.paths) if runtime == "python" else None,
         )
 
     def _prestart(self, runtime: str) -> list[str] | None:

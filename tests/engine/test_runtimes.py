@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -235,3 +236,40 @@ def test_what_code_does_to_its_main_streams_and_path_stays_in_its_sandbox(engine
         out = engine.py(code)
         assert out.status is Status.SUCCESS, out.stderr
         assert out.stdout == b"None ['-c'] 0\nTrue\n"
+
+
+ENV_PROBE = """
+import ctypes, json, os, sys
+from execbox.sandbox import child
+start = list(os.environ.items())
+child._set_env(json.loads(sys.argv[1]))
+block = ctypes.POINTER(ctypes.c_char_p).in_dll(ctypes.CDLL(None), "environ")
+n = next(i for i in range(1000) if not block[i])
+print(json.dumps([start, list(os.environ.items()), [block[i].decode() for i in range(n)]]))
+"""
+L = {"LANG": "C.UTF-8"}  # so the interpreter adds no LC_CTYPE of its own (PEP 538)
+
+
+@pytest.mark.parametrize(
+    ("start", "job"),
+    [
+        (L | {"A": "1", "B": "2"}, L | {"A": "1", "B": "3", "C": "4"}),  # the start leads
+        (L | {"A": "1", "B": "2"}, L | {"B": "2", "A": "1"}),  # another order
+        (L | {"A": "1", "B": "2"}, L | {"A": "1"}),  # one of the start's left out
+        (L, {"Z": "1"} | L),
+    ],
+)
+def test_a_jobs_environment_set_over_the_zygotes_is_exactly_the_jobs(start, job) -> None:
+    """child._set_env sets only what differs from the environment the zygote started the
+    sandbox with; the result is the job's, in its order, in os.environ and in libc's block,
+    whatever the start was."""
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", ENV_PROBE, json.dumps(job)],
+        env=start,
+        capture_output=True,
+        check=True,
+    )
+    before, seen, block = json.loads(out.stdout)
+    assert before == [list(kv) for kv in start.items()]
+    assert seen == [list(kv) for kv in job.items()]
+    assert block == [f"{k}={v}" for k, v in job.items()]

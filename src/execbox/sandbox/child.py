@@ -193,7 +193,7 @@ def run_job(spec: ChildSpec) -> int:
     # so a session sandbox reports only by exiting
     early = spec.workspace is None
     if job["mode"] == "python":
-        os.environ.update(job["env"])  # the code runs in this process
+        _set_env(job["env"])  # the code runs in this process
         if handler is None:
             os.close(RESULT_FD)
         if not early:
@@ -218,6 +218,21 @@ def run_job(spec: ChildSpec) -> int:
     # its message, and this process's is never used: setting it cost ~0.2 ms there)
     os.environ.update(job["env"])
     return _init(job["argv"], job["env"], early)
+
+
+def _set_env(env: dict[str, str]) -> None:
+    """Make os.environ, and the process's environment block, the job's `env`, in its order.
+    The zygote set the base environment every Python job's begins with: only what differs
+    is set (each set is a putenv and first-run Python: ~45 copy-on-write faults for the
+    whole base environment). A key set again keeps its place, in os.environ and in libc's
+    block, and a new one goes last; so when what is set is not the job's leading keys in
+    their order, it is emptied first."""
+    have = list(os.environ)
+    if list(env)[: len(have)] != have:
+        os.environ.clear()
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def _rehearse_hand_over() -> None:

@@ -52,6 +52,9 @@ class ZygoteLaunch:
     default_pids: int
     prestart: list[str] | None = None
     name: str = ""  # the pool's name, when it is not the runtime's (python-heavy)
+    # the environment a Python sandbox starts with, the base one every job's begins with:
+    # a job's is then set over it, only what differs (child._set_env)
+    env: dict[str, str] | None = None
 
 
 @dataclass
