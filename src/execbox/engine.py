@@ -371,9 +371,6 @@ class Engine:
         missing = self.missing(job.runtime)
         if missing:
             return Outcome(Status.INTERNAL_ERROR, error=missing, timings=timings)
-        zygote = self._zygote_for(job)
-        if zygote is None:
-            return Outcome(Status.INTERNAL_ERROR, error=f"runtime {job.runtime} is not enabled")
         t_take = time.monotonic()
         limits = {
             "memory_bytes": job.limits.memory_bytes,
@@ -382,7 +379,7 @@ class Engine:
             "fds": job.limits.fds,
         }
         try:
-            lease = await self._take(zygote, job, limits, session)
+            lease = await self._take(job, limits, session)
         except ZygoteError as exc:
             return Outcome(Status.INTERNAL_ERROR, error=str(exc), timings=timings)
         timings.fork_ms = (time.monotonic() - t_take) * 1000
@@ -395,31 +392,24 @@ class Engine:
             lease.close_fds()
 
     async def _take(
-        self,
-        zygote: Supervisor,
-        job: Job,
-        limits: dict[str, Any],
-        session: dict[str, Any] | None,
+        self, job: Job, limits: dict[str, Any], session: dict[str, Any] | None
     ) -> Lease:
-        """A sandbox from `zygote`. When the heavy Python zygote fails the take (it died
-        during it, say) the lean one serves the job: nothing of the job has reached a
-        sandbox before a take succeeds, so it runs once either way."""
-        try:
-            return await zygote.take(limits, session)
-        except ZygoteError as exc:
-            lean = self.zygotes.get(runtimes.ZYGOTE_OF[job.runtime])
-            if zygote.name != runtimes.PYTHON_HEAVY or lean is None:
-                raise
-            log.warning("job %s: %s; it runs in the %s zygote", job.id, exc, lean.name)
-            return await lean.take(limits, session)
-
-    def _zygote_for(self, job: Job) -> Supervisor | None:
-        zygote = self.zygotes.get(runtimes.zygote_for(job, self._heavy))
-        if zygote is None or (zygote.name == runtimes.PYTHON_HEAVY and not zygote.ready):
-            # while the heavy zygote is down (or failed to import its modules) the lean one
-            # runs the job: its code imports what it names, only slower
-            zygote = self.zygotes.get(runtimes.ZYGOTE_OF[job.runtime])
-        return zygote
+        """A sandbox for `job`, from the zygote runtimes.zygote_for picks. The heavy Python
+        zygote's jobs go to the lean one while it is down, and when it fails the take (it
+        died during it, say): nothing of the job reaches a sandbox before a take succeeds,
+        so the job runs once either way, only slower (its code imports what it names)."""
+        lean = self.zygotes.get(runtimes.ZYGOTE_OF[job.runtime])
+        zygote = self.zygotes.get(runtimes.zygote_for(job, self._heavy)) or lean
+        if zygote is None:
+            raise ZygoteError(f"runtime {job.runtime} is not enabled")
+        if zygote is not lean and lean is not None:
+            if zygote.ready:
+                try:
+                    return await zygote.take(limits, session)
+                except ZygoteError as exc:
+                    log.warning("job %s: %s; it runs in the %s zygote", job.id, exc, lean.name)
+            zygote = lean
+        return await zygote.take(limits, session)
 
     async def _drive(
         self, job: Job, payload: dict[str, Any], lease: Lease, timings: Timings

@@ -40,7 +40,7 @@ def _errors(stream: Any, default: str) -> str:
     return getattr(stream, "errors", None) or default
 
 
-def _reseed() -> None:
+def reseed() -> None:
     """Every sandbox is a copy of one zygote: without this, numpy's global generator would
     hand the same "random" numbers to every execution. (The random module reseeds itself
     through its own at-fork hook.) And threading's record of the main thread's native id,
@@ -115,7 +115,7 @@ def prepare(filename: str = "<string>", argv: list[str] | None = None) -> types.
     pool: these first writes to inherited memory cost copy-on-write faults, which are
     better paid before a request than during it."""
     main = _install(filename, argv)
-    _reseed()
+    reseed()
     return main
 
 
@@ -137,9 +137,9 @@ def _install(filename: str, argv: list[str] | None) -> types.ModuleType:
 def prebuild() -> types.ModuleType:
     """What prepare() does that is the same in every sandbox, done once, in the process the
     sandboxes are cloned from: each sandbox then finds its std streams, argv, path and
-    __main__ made, in memory it shares, instead of building them itself (~100 copy-on-write
-    faults and the io machinery's first run, in every sandbox). Only the reseeding, which
-    must differ, is left to the sandbox (after_clone).
+    __main__ made, in memory it shares, instead of building them itself (measured: ~50
+    copy-on-write faults and the io machinery's first run, in every sandbox). Only the
+    reseeding, which must differ, is left to the sandbox (reseed).
 
     The streams are made on fds 0-2 while those are a pipe, as they are in a sandbox: what
     io learns of its fd when a stream is made (seekable or not, its position) is then true
@@ -157,12 +157,6 @@ def prebuild() -> types.ModuleType:
             os.close(old)
         os.close(r)
         os.close(w)
-
-
-def after_clone(main: types.ModuleType) -> types.ModuleType:
-    """The rest of prepare() in a sandbox cloned after prebuild()."""
-    _reseed()
-    return main
 
 
 def run(

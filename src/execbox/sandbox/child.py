@@ -169,9 +169,9 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def run_job(spec: ChildSpec) -> int:
     """Read the job from the engine and run it. Returns an exit status or never returns."""
-    main = None
+    main = spec.main  # made by the cloner (None: python_inproc.run makes its own)
     if spec.runtime == "python":
-        main = python_inproc.after_clone(spec.main) if spec.main else python_inproc.prepare()
+        python_inproc.reseed()  # what prepare() does that must differ per sandbox
     try:
         warm = _prestart(spec.prestart, spec.runtime == "node") if spec.prestart else None
     except OSError as exc:

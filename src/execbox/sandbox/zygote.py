@@ -920,9 +920,9 @@ def main() -> None:
         NetnsPool.create(home_netns),
         warmup_nice=warmup_nice,
         offer_ready=offers_ready(cfg),
+        preload_failed=failed,
     )
     z.free_uids.extend(range(cfg.uid_base, cfg.uid_base + cfg.uid_count))
-    z.preload_failed = failed
     z.serve()
 
 
