@@ -43,8 +43,9 @@ def _errors(stream: Any, default: str) -> str:
 def reseed() -> None:
     """Every sandbox is a copy of one zygote: without this, numpy's global generator would
     hand the same "random" numbers to every execution. (The random module reseeds itself
-    through its own at-fork hook.) And threading's record of the main thread's native id,
-    set in the zygote (its at-fork hook leaves it), would show the code a host tid."""
+    through its own at-fork hook, which the cloner runs: forkhooks.py.) And threading's
+    record of the main thread's native id, set in the zygote (its at-fork hook leaves it),
+    would show the code a host tid."""
     np_random = sys.modules.get("numpy.random")
     if np_random is not None:
         np_random.seed()

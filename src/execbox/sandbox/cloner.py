@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from execbox.runtimes import python_inproc
-from execbox.sandbox import child, libc, native, netns, protocol
+from execbox.sandbox import child, forkhooks, libc, native, netns, protocol
 
 # the fds a sandbox starts with, in this order (see child.main), then its cgroup.procs files
 SANDBOX_FDS = 7
@@ -192,15 +192,24 @@ def _serve(
         )
         if spec.runtime == "python":
             spec = dataclasses.replace(spec, main=python_inproc.prebuild())
+        # what a sandbox must redo of the interpreter's after-fork work (forkhooks.py);
+        # its code finds os.register_at_fork as the interpreter made it
+        after_clone = forkhooks.plan()
+        forkhooks.restore()
         request = _Request()
         serve = native.holding_lock().execbox_cloner_serve
         rc = serve(ctypes.byref(loop), ctypes.byref(request))
         if rc == 0:
             # a new sandbox, its parent the zygote (CLONE_PARENT). The loop ran none of the
             # interpreter's fork hooks: the cloner has one thread, so there is no lock
-            # another could hold across the clone, and what a child must redo (its thread
-            # state, the import lock, the modules' after_in_child hooks) is done here first.
-            libc.after_fork_child()
+            # another could hold across the clone. The hooks that make a child's own state
+            # run here first; all of the interpreter's after-fork work (its thread state,
+            # the import lock, every hook) when a hook is not known.
+            if after_clone is None:
+                libc.after_fork_child()
+            else:
+                for hook in after_clone:
+                    hook()
             fds = list(request.fds[: request.nfds])
             child.main(spec, fds[6], tuple(fds[:6]), tuple(fds[7:]))  # no return
         status = 0 if rc == 1 else 1  # 1: the zygote has gone

@@ -24,7 +24,11 @@ log = logging.getLogger("execbox.zygote")
 
 # The zygote imports execbox from the source tree without site customisation from the
 # server's environment; -I keeps PYTHON* variables and the user site out of it.
-_BOOT = "import sys; sys.path.insert(0, {src!r}); from execbox.sandbox.zygote import main; main()"
+# forkhooks.record() comes before any other import: it must see every at-fork hook
+_BOOT = (
+    "import sys; sys.path.insert(0, {src!r}); from execbox.sandbox import forkhooks; "
+    "forkhooks.record(); from execbox.sandbox.zygote import main; main()"
+)
 SRC_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -357,6 +361,19 @@ class Supervisor:
         was_ready = self.ready
         self._teardown()
         err = ZygoteError(f"{self.name} zygote died ({why})")
+        self._end_all(err)
+        if self._hello is not None and not self._hello.done():
+            self._hello.set_result({"op": "fatal", "error": why})
+        if self.on_death is not None:
+            self.on_death()
+        if was_ready and not self._closing:
+            self.last_error = str(err)
+            log.error("%s; restarting", err)
+            self._restart_task = asyncio.get_running_loop().create_task(self._restart())
+
+    def _end_all(self, err: ZygoteError) -> None:
+        """The zygote is gone: the takes waiting on it fail, and its sandboxes, killed with
+        it, are gone (the slots the engine holds for them come back)."""
         for fut in self._takes.values():
             if not fut.done():
                 fut.set_exception(err)
@@ -370,14 +387,6 @@ class Supervisor:
                 lease.gone.set_result(None)
         self._leases.clear()
         self._dying.clear()
-        if self._hello is not None and not self._hello.done():
-            self._hello.set_result({"op": "fatal", "error": why})
-        if self.on_death is not None:
-            self.on_death()
-        if was_ready and not self._closing:
-            self.last_error = str(err)
-            log.error("%s; restarting", err)
-            self._restart_task = asyncio.get_running_loop().create_task(self._restart())
 
     async def _restart(self) -> None:
         delay = 0.05
@@ -427,6 +436,7 @@ class Supervisor:
                     break
                 await asyncio.sleep(0.02)
         self._teardown()
+        self._end_all(ZygoteError(f"{self.name} zygote closed"))
 
 
 def _close(fds: list[int]) -> None:
